@@ -1,0 +1,170 @@
+"""Run detectron2's registry copy (v0.6 without its C++ extension) on today's libraries.
+
+Every workaround afa_d2 needs for detectron2 lives here, and each is applied only when
+the running detectron2 needs it. An official build (one with ``detectron2._C``) is never
+patched: :func:`apply` returns at once. What each patch is for (SPEC §8):
+
+=====================  ====================================================================
+patch                  why
+=====================  ====================================================================
+``missing_extension``  v0.6 imports ``detectron2._C`` at import time (``layers/deform_conv``,
+                       ``evaluation/fast_eval_api``). The registry sdist has no C++ sources,
+                       so a stand-in module is registered whose every attribute raises
+                       :class:`MissingExtensionError` naming the op (deformable conv,
+                       rotated-box ops, the C++ COCO evaluator). Mask R-CNN and Cascade Mask
+                       R-CNN with an FPN use none of them.
+``pillow_linear``      v0.6 uses ``Image.LINEAR`` as a default argument at import time
+                       (``data/transforms/transform.py``); Pillow 10 removed that alias of
+                       ``Image.BILINEAR``.
+``cpu_launch``         v0.6's ``engine/launch.py`` asserts CUDA and hard-codes NCCL, so
+                       ``--num-gpus 2`` cannot run on CPU. The worker is replaced by one that
+                       picks gloo without CUDA (what later official versions do).
+=====================  ====================================================================
+
+Two v0.6 needs are met by dependencies rather than patches: ``model_zoo`` imports
+``pkg_resources`` (pyproject pins ``setuptools<81``), and ``lvis`` / ``fast_eval_api``
+evaluation is replaced by ``faster-coco-eval`` in :mod:`afa_d2.evaluation`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import types
+from typing import Dict
+
+__all__ = ["MissingExtensionError", "has_extension", "apply", "APPLIED"]
+
+# Names of the patches applied in this process (empty with an official build).
+APPLIED: Dict[str, bool] = {}
+
+_FULL_BUILD_HINT = (
+    "This detectron2 is the registry copy of v0.6 installed without its C++ extension. "
+    "Install official detectron2 from source for it: "
+    "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'` "
+    "(see README.md, 'Installing on a GPU machine')."
+)
+
+# What each symbol of detectron2._C is, for the error message.
+_OP_DESCRIPTIONS = {
+    "deform_conv": "deformable convolution (DeformConv / ModulatedDeformConv)",
+    "nms_rotated": "rotated-box NMS",
+    "box_iou_rotated": "rotated-box IoU",
+    "roi_align_rotated": "rotated RoIAlign",
+    "COCOeval": "the C++ COCO evaluator (COCOeval_opt); afa_d2's evaluators use faster-coco-eval",
+    "InstanceAnnotation": "the C++ COCO evaluator (COCOeval_opt)",
+    "get_compiler_version": "build information of the C++ extension",
+    "get_cuda_version": "build information of the C++ extension",
+    "has_cuda": "build information of the C++ extension",
+}
+
+
+class MissingExtensionError(RuntimeError):
+    """An op that only detectron2's compiled extension provides was used."""
+
+
+def _describe(name: str) -> str:
+    for prefix, what in _OP_DESCRIPTIONS.items():
+        if name.startswith(prefix) or prefix.lower() in name.lower():
+            return what
+    return "an op of detectron2's C++ extension"
+
+
+def _missing_extension_module() -> types.ModuleType:
+    module = types.ModuleType("detectron2._C", "Stand-in for detectron2's missing C++ extension.")
+
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise MissingExtensionError(
+            "detectron2._C.{} ({}) is not available. {}".format(name, _describe(name), _FULL_BUILD_HINT)
+        )
+
+    module.__getattr__ = __getattr__  # PEP 562
+    module.AFA_D2_STAND_IN = True
+    return module
+
+
+def has_extension() -> bool:
+    """True when the installed detectron2 has its compiled extension (an official build)."""
+    if "detectron2._C" in sys.modules:
+        return not getattr(sys.modules["detectron2._C"], "AFA_D2_STAND_IN", False)
+    try:
+        return importlib.util.find_spec("detectron2._C") is not None
+    except ModuleNotFoundError:  # no detectron2 at all
+        return False
+
+
+def _patch_missing_extension() -> None:
+    sys.modules["detectron2._C"] = _missing_extension_module()
+
+
+def _patch_pillow_linear() -> bool:
+    from PIL import Image
+
+    if hasattr(Image, "LINEAR"):
+        return False
+    Image.LINEAR = Image.BILINEAR
+    return True
+
+
+def _cpu_capable_worker(
+    local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout=None
+):
+    """detectron2 v0.6's ``launch._distributed_worker``, with gloo when there is no CUDA."""
+    import torch
+    import torch.distributed as dist
+    from detectron2.engine import launch as d2_launch
+    from detectron2.utils import comm
+
+    has_gpu = torch.cuda.is_available()
+    if has_gpu and num_gpus_per_machine > torch.cuda.device_count():
+        raise ValueError(
+            "--num-gpus {} exceeds the {} visible CUDA devices".format(
+                num_gpus_per_machine, torch.cuda.device_count()
+            )
+        )
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        dist.init_process_group(
+            backend="NCCL" if has_gpu else "GLOO",
+            init_method=dist_url,
+            world_size=world_size,
+            rank=global_rank,
+            timeout=timeout or d2_launch.DEFAULT_TIMEOUT,
+        )
+    except Exception:
+        logging.getLogger(__name__).error("Process group URL: %s", dist_url)
+        raise
+    num_machines = world_size // num_gpus_per_machine
+    for i in range(num_machines):
+        group = dist.new_group(list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    if has_gpu:
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+    main_func(*args)
+
+
+def _patch_cpu_launch() -> None:
+    from detectron2.engine import launch as d2_launch
+
+    d2_launch._distributed_worker = _cpu_capable_worker
+
+
+def apply() -> Dict[str, bool]:
+    """Apply the workarounds the running detectron2 needs; idempotent.
+
+    Must run before ``detectron2.layers`` or ``detectron2.data`` is first imported, which
+    ``import afa_d2`` does. Returns :data:`APPLIED`.
+    """
+    if APPLIED or importlib.util.find_spec("detectron2") is None or has_extension():
+        return APPLIED
+    _patch_missing_extension()
+    APPLIED["missing_extension"] = True
+    if _patch_pillow_linear():
+        APPLIED["pillow_linear"] = True
+    _patch_cpu_launch()
+    APPLIED["cpu_launch"] = True
+    return APPLIED
