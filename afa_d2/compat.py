@@ -99,6 +99,28 @@ def _patch_missing_extension() -> None:
     sys.modules["detectron2._C"] = _missing_extension_module()
 
 
+_TORCH_LIBRARY = None  # keeps the registration below alive
+
+
+def _register_missing_torch_ops() -> None:
+    """v0.6's ``layers.nms_rotated`` calls ``torch.ops.detectron2.nms_rotated``, which only
+    the extension registers; register it to raise :class:`MissingExtensionError` instead
+    of torch's bare "no such operator"."""
+    global _TORCH_LIBRARY
+    import torch
+
+    if hasattr(torch.ops.detectron2, "nms_rotated"):
+        return
+    lib = torch.library.Library("detectron2", "DEF")
+    lib.define("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
+
+    def nms_rotated(boxes, scores, iou_threshold):
+        return getattr(sys.modules["detectron2._C"], "nms_rotated")
+
+    lib.impl("nms_rotated", nms_rotated, "CompositeExplicitAutograd")
+    _TORCH_LIBRARY = lib
+
+
 def _patch_pillow_linear() -> bool:
     from PIL import Image
 
@@ -114,8 +136,9 @@ def _cpu_capable_worker(
     """detectron2 v0.6's ``launch._distributed_worker``, with gloo when there is no CUDA."""
     import torch
     import torch.distributed as dist
-    from detectron2.engine import launch as d2_launch
     from detectron2.utils import comm
+
+    d2_launch = importlib.import_module("detectron2.engine.launch")
 
     has_gpu = torch.cuda.is_available()
     if has_gpu and num_gpus_per_machine > torch.cuda.device_count():
@@ -148,8 +171,8 @@ def _cpu_capable_worker(
 
 
 def _patch_cpu_launch() -> None:
-    from detectron2.engine import launch as d2_launch
-
+    # The module, not the function that detectron2.engine re-exports under the same name.
+    d2_launch = importlib.import_module("detectron2.engine.launch")
     d2_launch._distributed_worker = _cpu_capable_worker
 
 
@@ -162,6 +185,7 @@ def apply() -> Dict[str, bool]:
     if APPLIED or importlib.util.find_spec("detectron2") is None or has_extension():
         return APPLIED
     _patch_missing_extension()
+    _register_missing_torch_ops()
     APPLIED["missing_extension"] = True
     if _patch_pillow_linear():
         APPLIED["pillow_linear"] = True

@@ -175,25 +175,31 @@ setup(
 '''
 
 
+def prepare_registry_source(sdist, dest):
+    """Lay out an installable source tree in ``dest``: the sdist's ``detectron2/`` package
+    and a generated setup.py without the C++ extension."""
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.isfile() and m.name.split("/")[1:2] == ["detectron2"]]
+        if not members:
+            raise BootstrapError("{} holds no detectron2/ package".format(sdist))
+        for m in members:
+            rel = m.name.split("/", 1)[1]  # drop the sdist's top folder
+            # Refuse '..' in member names (tarfile's extraction filters are 3.12+).
+            if ".." in rel.split("/"):
+                raise BootstrapError("unsafe path {!r} in {}".format(m.name, sdist))
+            target = os.path.join(dest, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    with open(os.path.join(dest, "setup.py"), "w") as f:
+        f.write(_SETUP_PY.format(version=REGISTRY_VERSION))
+
+
 def install_registry_detectron2(py, sdist):
     log("installing detectron2 v0.6 (registry copy, no C++ extension) from " + sdist)
     with tempfile.TemporaryDirectory(prefix="afa_d2_detectron2_") as tmp:
-        with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers()
-                       if m.isfile() and m.name.split("/")[1:2] == ["detectron2"]]
-            if not members:
-                raise BootstrapError("{} holds no detectron2/ package".format(sdist))
-            for m in members:
-                rel = m.name.split("/", 1)[1]  # drop the sdist's top folder
-                # Refuse '..' in member names (tarfile's extraction filters are 3.12+).
-                if ".." in rel.split("/"):
-                    raise BootstrapError("unsafe path {!r} in {}".format(m.name, sdist))
-                dest = os.path.join(tmp, rel)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                with tar.extractfile(m) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        with open(os.path.join(tmp, "setup.py"), "w") as f:
-            f.write(_SETUP_PY.format(version=REGISTRY_VERSION))
+        prepare_registry_source(sdist, tmp)
         pip(py, "install", "-q", "--no-deps", "--no-build-isolation", tmp,
             what="installing the detectron2 package")
 

@@ -1,0 +1,134 @@
+"""tools/bootstrap.py: the set-up from nothing, and its refusals on bad input."""
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+from afa_d2 import compat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("bootstrap", os.path.join(ROOT, "tools", "bootstrap.py"))
+bootstrap = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bootstrap)
+
+
+def _make_sdist(path, files):
+    """A .tar.gz laid out like an sdist: ``files`` maps member names to text."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def offline_pip(monkeypatch):
+    """pip with no configuration, no local wheels, and an index URL given by the test."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "AFA_D2_DETECTRON2_SDIST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "5")
+    return monkeypatch
+
+
+def test_old_python_is_refused_naming_the_version_needed():
+    with pytest.raises(bootstrap.BootstrapError) as e:
+        bootstrap.check_python((3, 8, 10))
+    assert "Python >= 3.10" in str(e.value) and "3.8.10" in str(e.value)
+    bootstrap.check_python((3, 10, 0))  # the minimum itself passes
+
+
+def test_main_reports_old_python_and_exits_nonzero(monkeypatch, capsys):
+    real_check = bootstrap.check_python
+    monkeypatch.setattr(bootstrap, "check_python", lambda: real_check((3, 9, 1)))
+    assert bootstrap.main(["--venv", "/nonexistent/never-created"]) == 1
+    err = capsys.readouterr().err
+    assert "needs Python >= 3.10" in err and "3.9.1" in err
+    assert not os.path.exists("/nonexistent/never-created")
+
+
+def test_tampered_sdist_is_refused_naming_the_expected_hash(tmp_path, monkeypatch):
+    fake = _make_sdist(tmp_path / bootstrap.DETECTRON2_SDIST_FILE, {"pb1-detectron2-0.6/x.py": "evil"})
+    monkeypatch.setenv("AFA_D2_DETECTRON2_SDIST", str(fake))
+    with pytest.raises(bootstrap.BootstrapError) as e:
+        bootstrap.fetch_sdist(sys.executable, str(tmp_path / "cache"))
+    message = str(e.value)
+    assert bootstrap.DETECTRON2_SDIST_SHA256 in message
+    assert bootstrap.sha256_of(fake) in message
+
+
+def test_a_cached_tampered_sdist_is_refused_too(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _make_sdist(cache / bootstrap.DETECTRON2_SDIST_FILE, {"pb1-detectron2-0.6/x.py": "evil"})
+    with pytest.raises(bootstrap.BootstrapError, match=bootstrap.DETECTRON2_SDIST_SHA256):
+        bootstrap.fetch_sdist(sys.executable, str(cache))
+
+
+def test_unreachable_registry_names_what_could_not_be_fetched(tmp_path, offline_pip):
+    offline_pip.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on port 9
+    with pytest.raises(bootstrap.BootstrapError) as e:
+        bootstrap.fetch_sdist(sys.executable, str(tmp_path / "cache"))
+    message = str(e.value)
+    assert "Could not fetch pb1-detectron2==0.6" in message
+    assert "AFA_D2_DETECTRON2_SDIST" in message  # and says how to do without the registry
+
+
+def test_registry_serving_a_different_file_is_refused_before_it_runs(tmp_path, offline_pip):
+    # A PEP 503 index on disk serving a sdist of the right name with the wrong content.
+    page = tmp_path / "simple" / "pb1-detectron2"
+    page.mkdir(parents=True)
+    _make_sdist(page / bootstrap.DETECTRON2_SDIST_FILE,
+                {"pb1-detectron2-0.6/setup.py": "raise SystemExit('setup.py must never run')\n"})
+    (page / "index.html").write_text(
+        '<html><body><a href="{0}">{0}</a></body></html>'.format(bootstrap.DETECTRON2_SDIST_FILE))
+    offline_pip.setenv("PIP_INDEX_URL", (tmp_path / "simple").as_uri())
+    with pytest.raises(bootstrap.BootstrapError) as e:
+        bootstrap.fetch_sdist(sys.executable, str(tmp_path / "cache"))
+    message = str(e.value)
+    assert "expected sha256 " + bootstrap.DETECTRON2_SDIST_SHA256 in message
+    assert "setup.py must never run" not in message
+
+
+def test_registry_source_tree_installs_without_the_extension(tmp_path):
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {
+        "pb1-detectron2-0.6/setup.py": "raise SystemExit('the sdist setup.py is not used')\n",
+        "pb1-detectron2-0.6/detectron2/__init__.py": "__version__ = '0.6'\n",
+        "pb1-detectron2-0.6/detectron2/layers/__init__.py": "",
+        "pb1-detectron2-0.6/detectron2/model_zoo/__init__.py": "",
+        "pb1-detectron2-0.6/detectron2/model_zoo/configs/common/models/mask_rcnn_fpn.py": "model = 1\n",
+        "pb1-detectron2-0.6/detectron2/model_zoo/configs/Base-RCNN-FPN.yaml": "MODEL: {}\n",
+        "pb1-detectron2-0.6/tools/train_net.py": "",
+    })
+    src = tmp_path / "src"
+    src.mkdir()
+    bootstrap.prepare_registry_source(str(sdist), str(src))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "wheels"), str(src)], check=True)
+    wheels = os.listdir(tmp_path / "wheels")
+    assert wheels == ["detectron2-0.6+pypi.noext-py3-none-any.whl"]
+    names = zipfile.ZipFile(tmp_path / "wheels" / wheels[0]).namelist()
+    assert "detectron2/__init__.py" in names
+    assert "detectron2/model_zoo/configs/common/models/mask_rcnn_fpn.py" in names
+    assert "detectron2/model_zoo/configs/Base-RCNN-FPN.yaml" in names
+    assert not any(n.startswith("tools/") or "_C" in n.split("/")[-1] for n in names)
+
+
+def test_unsafe_member_path_is_refused(tmp_path):
+    sdist = _make_sdist(tmp_path / "s.tar.gz", {"pb1-detectron2-0.6/detectron2/../../evil.py": "x"})
+    with pytest.raises(bootstrap.BootstrapError, match="unsafe path"):
+        bootstrap.prepare_registry_source(str(sdist), str(tmp_path / "src"))
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_installed_detectron2_is_recognised():
+    state = bootstrap.detectron2_state(sys.executable)
+    assert state == ("official" if compat.has_extension() else "registry")

@@ -1,0 +1,123 @@
+"""afa_d2.compat: each workaround is needed by the registry copy, works, and is skipped
+when an official detectron2 build is present."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from afa_d2 import compat
+
+registry_only = pytest.mark.skipif(
+    compat.has_extension(), reason="official detectron2 build installed: nothing to work around"
+)
+
+
+def _python(code, env_extra=None):
+    """Run ``code`` in a fresh interpreter; return (exit code, combined output)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env_extra or {}))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    return proc.returncode, proc.stdout
+
+
+@registry_only
+def test_registry_copy_gets_every_patch():
+    expected = {"missing_extension", "cpu_launch"}
+    from PIL import Image
+
+    if Image.LINEAR is Image.BILINEAR and "pillow_linear" in compat.APPLIED:
+        expected.add("pillow_linear")
+    assert set(compat.APPLIED) == expected
+
+
+@registry_only
+def test_without_patches_detectron2_modules_do_not_import():
+    # The failures the patches exist for, in an interpreter where afa_d2 is not imported.
+    rc, out = _python("import detectron2.layers")
+    assert rc != 0 and "cannot import name '_C'" in out
+    rc, out = _python("""
+        import sys, types
+        sys.modules['detectron2._C'] = types.ModuleType('detectron2._C')  # past the first failure
+        from PIL import Image
+        assert not hasattr(Image, 'LINEAR'), 'this Pillow still has LINEAR'
+        import detectron2.data
+    """)
+    if "this Pillow still has LINEAR" not in out:
+        assert rc != 0 and "LINEAR" in out
+    # (Not importable without the patches either, so read the file.)
+    rc, out = _python("""
+        import importlib.util
+        print(open(importlib.util.find_spec('detectron2').submodule_search_locations[0]
+                   + '/engine/launch.py').read())
+    """)
+    assert rc == 0 and 'backend="NCCL"' in out and "assert torch.cuda.is_available()" in out
+
+
+@registry_only
+def test_with_patches_mask_rcnn_modules_import_and_extension_ops_fail_clearly():
+    rc, out = _python("""
+        import sys
+        import afa_d2
+        import detectron2.data, detectron2.layers, detectron2.modeling, detectron2.model_zoo
+        print('worker', sys.modules['detectron2.engine.launch']._distributed_worker.__module__)
+        import torch
+        from detectron2.layers import nms_rotated
+        from detectron2.layers import deform_conv
+        from detectron2.structures import RotatedBoxes, pairwise_iou_rotated
+        boxes = RotatedBoxes(torch.tensor([[5.0, 5.0, 4.0, 2.0, 30.0]]))
+        for call in (lambda: pairwise_iou_rotated(boxes, boxes),
+                     lambda: nms_rotated(boxes.tensor, torch.ones(1), 0.5),
+                     lambda: deform_conv._C.deform_conv_forward):  # what DeformConv calls on GPU
+            try:
+                call()
+            except afa_d2.compat.MissingExtensionError as e:
+                print('error:', e)
+    """)
+    assert rc == 0, out
+    assert "worker afa_d2.compat" in out
+    assert "error: detectron2._C.box_iou_rotated (rotated-box IoU)" in out
+    assert "error: detectron2._C.nms_rotated (rotated-box NMS)" in out
+    assert "error: detectron2._C.deform_conv_forward (deformable convolution" in out
+    assert out.count("Install official detectron2 from source") == 3
+
+
+def test_official_build_is_not_patched():
+    # Simulate an official build: a real (non stand-in) detectron2._C before afa_d2 loads.
+    rc, out = _python("""
+        import sys, types
+        sys.modules['detectron2._C'] = types.ModuleType('detectron2._C')
+        from PIL import Image
+        had_linear = hasattr(Image, 'LINEAR')
+        import afa_d2
+        print('applied', sorted(afa_d2.compat.APPLIED))
+        print('linear', hasattr(Image, 'LINEAR') == had_linear)
+        print('launch imported', 'detectron2.engine.launch' in sys.modules)
+    """)
+    assert rc == 0, out
+    assert "applied []" in out
+    assert "linear True" in out  # Pillow untouched
+    assert "launch imported False" in out  # launch's worker untouched
+
+
+def _record_rank(out_dir):
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([dist.get_rank() + 1.0])
+    dist.all_reduce(t)
+    with open(os.path.join(out_dir, "rank{}".format(dist.get_rank())), "w") as f:
+        f.write("{} {} {}".format(dist.get_world_size(), dist.get_backend(), float(t)))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="spawned gloo workers")
+def test_launch_two_processes_on_cpu(tmp_path):
+    import torch
+    from detectron2.engine import launch
+
+    if torch.cuda.is_available():
+        pytest.skip("this test covers the CPU (gloo) path")
+    launch(_record_rank, 2, dist_url="auto", args=(str(tmp_path),))
+    results = sorted(p.read_text() for p in tmp_path.iterdir())
+    assert results == ["2 gloo 3.0", "2 gloo 3.0"]
