@@ -238,17 +238,17 @@ def ensure_detectron2(py, cache_dir):
     install_registry_detectron2(py, fetch_sdist(py, cache_dir))
 
 
-def ensure_project(py, extras, stamp):
-    """Install afa_d2 (editable) with ``extras``; skipped while pyproject.toml is unchanged."""
-    pyproject = os.path.join(ROOT, "pyproject.toml")
-    key = "{} {}".format(sha256_of(pyproject), ",".join(sorted(extras)))
-    if os.path.exists(stamp) and open(stamp).read() == key and probe(py, "import afa_d2"):
-        return
+def stamp_key(extras):
+    """What a finished set-up depends on: a change to any of it runs the steps again."""
+    parts = [sha256_of(os.path.join(ROOT, "pyproject.toml")), sha256_of(os.path.abspath(__file__)),
+             ",".join(sorted(extras)), os.environ.get("AFA_D2_TORCH_SPEC", "")]
+    return " ".join(parts)
+
+
+def ensure_project(py, extras):
     target = ROOT + ("[" + ",".join(sorted(extras)) + "]" if extras else "")
     log("installing afa_d2 and its dependencies ({})".format(target))
     pip(py, "install", "-q", "-e", target, what="installing afa_d2 " + target)
-    with open(stamp, "w") as f:
-        f.write(key)
 
 
 def main(argv=None):
@@ -257,14 +257,20 @@ def main(argv=None):
     parser.add_argument("--extras", default="test", help="comma-separated extras of afa_d2")
     parser.add_argument("--cache-dir", default=os.path.join(ROOT, ".cache", "bootstrap"))
     args = parser.parse_args(argv)
+    extras = [e for e in args.extras.split(",") if e]
+    stamp = os.path.join(args.venv, ".afa_d2-setup-done")
     try:
         check_python()
+        py = venv_python(os.path.abspath(args.venv))
+        if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == stamp_key(extras):
+            return 0  # set up already, by this bootstrap, for this pyproject.toml
         py = ensure_venv(os.path.abspath(args.venv))
         ensure_torch(py)
         # detectron2 before afa_d2: afa_d2's editable install then finds it in place.
         ensure_detectron2(py, args.cache_dir)
-        extras = [e for e in args.extras.split(",") if e]
-        ensure_project(py, extras, os.path.join(args.venv, ".afa_d2-installed"))
+        ensure_project(py, extras)
+        with open(stamp, "w") as f:
+            f.write(stamp_key(extras))
     except BootstrapError as e:
         print("[afa_d2 setup] ERROR: {}".format(e), file=sys.stderr)
         return 1
