@@ -12,7 +12,9 @@ patch                  why
                        so a stand-in module is registered whose every attribute raises
                        :class:`MissingExtensionError` naming the op (deformable conv,
                        rotated-box ops, the C++ COCO evaluator). Mask R-CNN and Cascade Mask
-                       R-CNN with an FPN use none of them.
+                       R-CNN with an FPN use none of them. The build queries of
+                       detectron2's environment report (``collect_env_info``, called by
+                       ``default_setup``) are answered with "no C++ extension".
 ``pillow_linear``      v0.6 uses ``Image.LINEAR`` as a default argument at import time
                        (``data/transforms/transform.py``); Pillow 10 removed that alias of
                        ``Image.BILINEAR``.
@@ -82,6 +84,11 @@ def _missing_extension_module() -> types.ModuleType:
 
     module.__getattr__ = __getattr__  # PEP 562
     module.AFA_D2_STAND_IN = True
+    # What detectron2's environment report (collect_env_info, called by default_setup) asks
+    # the extension about its build: answered, rather than failing every training start.
+    module.get_compiler_version = lambda: "none (registry copy of v0.6, no C++ extension)"
+    module.get_cuda_version = lambda: "none (no C++ extension)"
+    module.has_cuda = lambda: False
     return module
 
 

@@ -62,6 +62,8 @@ def test_with_patches_mask_rcnn_modules_import_and_extension_ops_fail_clearly():
         import afa_d2
         import detectron2.data, detectron2.layers, detectron2.modeling, detectron2.model_zoo
         print('worker', sys.modules['detectron2.engine.launch']._distributed_worker.__module__)
+        from detectron2.utils.collect_env import collect_env_info
+        print('env report:', 'no C++ extension' in collect_env_info())
         import torch
         from detectron2.layers import nms_rotated
         from detectron2.layers import deform_conv
@@ -77,6 +79,7 @@ def test_with_patches_mask_rcnn_modules_import_and_extension_ops_fail_clearly():
     """)
     assert rc == 0, out
     assert "worker afa_d2.compat" in out
+    assert "env report: True" in out  # default_setup's report runs
     assert "error: detectron2._C.box_iou_rotated (rotated-box IoU)" in out
     assert "error: detectron2._C.nms_rotated (rotated-box NMS)" in out
     assert "error: detectron2._C.deform_conv_forward (deformable convolution" in out
