@@ -1,0 +1,33 @@
+"""Training engine: the epoch schedule, an atomic checkpointer, validated overrides and the
+train/eval loop that ``train_net.py`` drives (see ``docs/DESIGN.md``, "Engine")."""
+from .checkpoint import AtomicCheckpointer, CheckpointShapeError, LoadReport, UntrustedCheckpointError
+from .overrides import UnknownConfigKeyError, apply_overrides, flatten_keys
+from .schedule import ScheduleInfo, epoch_lr_multiplier, epochs_to_iters, resolve_epoch_schedule
+from .train_loop import (
+    DeterministicTrainingSampler,
+    ProgressBar,
+    create_ddp_model,
+    do_eval_only,
+    do_test,
+    do_train,
+)
+
+__all__ = [
+    "AtomicCheckpointer",
+    "CheckpointShapeError",
+    "LoadReport",
+    "UntrustedCheckpointError",
+    "UnknownConfigKeyError",
+    "apply_overrides",
+    "flatten_keys",
+    "ScheduleInfo",
+    "epoch_lr_multiplier",
+    "epochs_to_iters",
+    "resolve_epoch_schedule",
+    "DeterministicTrainingSampler",
+    "ProgressBar",
+    "create_ddp_model",
+    "do_eval_only",
+    "do_test",
+    "do_train",
+]

@@ -1,0 +1,324 @@
+"""A detectron2 checkpointer that never leaves a half-written file behind, and loads safely.
+
+Three differences from :class:`detectron2.checkpoint.DetectionCheckpointer`:
+
+Atomic writes
+    ``save`` writes ``<dir>/.<name>.pth.tmp-<pid>``, flushes and fsyncs it, then ``os.replace``
+    renames it over ``<dir>/<name>.pth``; the ``last_checkpoint`` tag is written the same way,
+    after the checkpoint. A process killed at any point leaves either the old or the new
+    file under each name, never a truncated one, so ``last_checkpoint`` always names a
+    complete checkpoint (stale ``*.tmp-*`` files may remain; they are removed by the next save
+    of the same name).
+
+Loading under torch >= 2.6 (``weights_only=True`` by default)
+    A full training checkpoint holds the model, the optimizer state, the iteration, the lr
+    scheduler and AMP scaler states: tensors, numbers, strings, lists, tuples and dicts, which
+    the weights-only unpickler accepts, plus the few safe globals in :data:`SAFE_GLOBALS`
+    (allowlisted). So every ``.pth`` is first loaded with ``weights_only=True``. Only when that
+    fails (a checkpoint that pickled some other object) and the file is *trusted* is it
+    re-loaded with ``weights_only=False``, with a warning. Trusted means: it lies in this
+    checkpointer's own ``save_dir`` (a file this trainer wrote), or ``AFA_D2_TRUST_CHECKPOINTS=1``
+    is set (the user vouches for a local file). Anything else fails with a message naming the
+    file, the refused global and the two ways out. ``.pkl`` files (detectron2 / Detectron model
+    zoo format) are read by detectron2 as before.
+
+Shapes that do not fit
+    fvcore skips a parameter whose shape differs and logs a warning per key, which is easy to
+    miss. Here every load builds a :class:`LoadReport` (loaded, shape-mismatched with both
+    shapes, missing, unexpected keys), logs it as one readable block, keeps it in
+    :attr:`AtomicCheckpointer.last_load_report`, and with ``strict_shapes=True`` raises
+    :class:`CheckpointShapeError` carrying the same text (``train_net.py --eval-only`` does:
+    evaluating a partly loaded model is meaningless).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = [
+    "AtomicCheckpointer",
+    "CheckpointShapeError",
+    "UntrustedCheckpointError",
+    "LoadReport",
+    "SAFE_GLOBALS",
+    "TRUST_ENV",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "load_checkpoint_file",
+]
+
+logger = logging.getLogger(__name__)
+
+TRUST_ENV = "AFA_D2_TRUST_CHECKPOINTS"
+
+
+def _safe_globals() -> list:
+    """Globals a detectron2 training checkpoint may pickle besides tensors and builtins."""
+    import numpy as np
+
+    ret: list = [collections.OrderedDict, collections.defaultdict, set, frozenset, slice]
+    ret += [np.dtype, np.ndarray, type(np.dtype("float32")), type(np.dtype("int64")), type(np.dtype("float64"))]
+    try:  # numpy scalars (e.g. an iteration counter that went through numpy)
+        ret.append(np._core.multiarray.scalar)  # numpy >= 2
+    except AttributeError:  # pragma: no cover - numpy 1.x
+        ret.append(np.core.multiarray.scalar)
+    try:
+        ret.append(np._core.multiarray._reconstruct)
+    except AttributeError:  # pragma: no cover - numpy 1.x
+        ret.append(np.core.multiarray._reconstruct)
+    return ret
+
+
+SAFE_GLOBALS = _safe_globals()
+
+
+class CheckpointShapeError(RuntimeError):
+    """A checkpoint's tensors do not fit the model (raised with ``strict_shapes=True``)."""
+
+    def __init__(self, message: str, report: "LoadReport"):
+        super().__init__(message)
+        self.report = report
+
+
+class UntrustedCheckpointError(RuntimeError):
+    """A checkpoint needs full unpickling but is not trusted."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did to the model's state dict."""
+
+    path: str
+    num_model_keys: int
+    loaded: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.mismatched
+
+    def describe(self, limit: int = 50) -> str:
+        lines = [
+            "Checkpoint {}: loaded {} of the model's {} tensors".format(
+                self.path, len(self.loaded), self.num_model_keys
+            )
+        ]
+        if self.mismatched:
+            lines.append(
+                "{} key(s) NOT loaded because their shapes do not fit (name: checkpoint shape vs model shape):".format(
+                    len(self.mismatched)
+                )
+            )
+            for name, ckpt_shape, model_shape in self.mismatched[:limit]:
+                lines.append("  {}: {} in the checkpoint vs {} in the model".format(name, ckpt_shape, model_shape))
+            if len(self.mismatched) > limit:
+                lines.append("  ... and {} more".format(len(self.mismatched) - limit))
+        if self.missing:
+            lines.append("{} model key(s) not in the checkpoint (left as initialized): {}".format(
+                len(self.missing), _short_list(self.missing, limit)))
+        if self.unexpected:
+            lines.append("{} checkpoint key(s) not in the model (ignored): {}".format(
+                len(self.unexpected), _short_list(self.unexpected, limit)))
+        return "\n".join(lines)
+
+    __str__ = describe
+
+
+def _short_list(keys: List[str], limit: int) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (" ... (+{} more)".format(len(keys) - limit) if len(keys) > limit else "")
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: str) -> str:
+    directory, base = os.path.split(path)
+    return os.path.join(directory, ".{}.tmp-{}".format(base, os.getpid()))
+
+
+def _remove_stale_tmp(path: str) -> None:
+    directory, base = os.path.split(path)
+    prefix = ".{}.tmp-".format(base)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.remove(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def _atomic_write(path: str, write_fn) -> None:
+    _remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A Python-level failure (disk full, KeyboardInterrupt): drop the partial temp file.
+        # A SIGKILL never gets here; its leftover temp file is harmless (see module doc).
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` through a temporary file and ``os.replace``."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _is_trusted(path: str, trusted_dirs: List[str]) -> bool:
+    if os.environ.get(TRUST_ENV, "") not in ("", "0"):
+        return True
+    real = os.path.realpath(path)
+    for d in trusted_dirs:
+        if d and os.path.dirname(real) == os.path.realpath(d):
+            return True
+    return False
+
+
+def _refusal(e: Exception) -> str:
+    """The refused global from torch's weights-only error, e.g. ``GLOBAL mod.Cls``."""
+    text = str(e)
+    m = re.search(r"(Unsupported global: )?GLOBAL [\w.]+", text)
+    if m:
+        return m.group(0)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def load_checkpoint_file(path: str, trusted_dirs: Optional[List[str]] = None) -> Any:
+    """Load a ``.pth`` checkpoint on CPU: weights-only first, full unpickling only if trusted.
+
+    Args:
+        path (str): a local file.
+        trusted_dirs (list[str]): directories whose files may be fully unpickled (a
+            trainer's own output directory).
+
+    Raises:
+        UntrustedCheckpointError: the file needs full unpickling and is not trusted.
+    """
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not _is_trusted(path, trusted_dirs or []):
+            raise UntrustedCheckpointError(
+                "Refusing to fully unpickle checkpoint {}: it holds objects the weights-only loader "
+                "does not allow ({}). Full unpickling can run arbitrary code. If you trust this "
+                "file, set {}=1, or load it and re-save only its tensors.".format(path, _refusal(e), TRUST_ENV)
+            ) from e
+        logger.warning(
+            "Checkpoint %s is not loadable with weights_only=True (%s); it is trusted (own output "
+            "directory or %s), so it is loaded with weights_only=False.",
+            path, _refusal(e), TRUST_ENV,
+        )
+        return torch.load(path, map_location=torch.device("cpu"), weights_only=False)
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """:class:`DetectionCheckpointer` with atomic saves, safe loads and a clear load report.
+
+    Args:
+        model, save_dir, save_to_disk, **checkpointables: as for ``DetectionCheckpointer``.
+        strict_shapes (bool): raise :class:`CheckpointShapeError` when a tensor's shape differs.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, strict_shapes: bool = False, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.strict_shapes = strict_shapes
+        self.last_load_report: Optional[LoadReport] = None
+        self._loading_path = ""
+
+    # -- saving -------------------------------------------------------------------------------
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = "{}.pth".format(name)
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        os.makedirs(self.save_dir, exist_ok=True)
+        self.logger.info("Saving checkpoint to {}".format(save_file))
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self, path: str, *args, **kwargs):
+        self._loading_path = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename: str):
+        if filename.endswith((".pkl", ".pyth")):
+            return super()._load_file(filename)
+        loaded = load_checkpoint_file(filename, trusted_dirs=[self.save_dir])
+        if not isinstance(loaded, dict) or "model" not in loaded:
+            loaded = {"model": loaded}
+        return loaded
+
+    def _load_model(self, checkpoint: Any):
+        model_keys = list(self.model.state_dict().keys())
+        incompatible = super()._load_model(checkpoint)
+        bad = {k for k, _, _ in incompatible.incorrect_shapes} | set(incompatible.missing_keys)
+        report = LoadReport(
+            path=self._loading_path,
+            num_model_keys=len(model_keys),
+            loaded=[k for k in model_keys if k not in bad],
+            mismatched=[(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes],
+            missing=[k for k in incompatible.missing_keys if k not in {m for m, _, _ in incompatible.incorrect_shapes}],
+            unexpected=list(incompatible.unexpected_keys),
+        )
+        self.last_load_report = report
+        if report.mismatched or report.missing or report.unexpected:
+            text = report.describe()
+            if report.mismatched and self.strict_shapes:
+                raise CheckpointShapeError(text, report)
+            self.logger.warning(text)
+        else:
+            self.logger.info(report.describe())
+        return incompatible
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        # Replaced by the single LoadReport block logged in _load_model.
+        pass

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Train or evaluate an afa_d2 model.
+
+    python train_net.py --config-file configs/COCO/cascade_mask_rcnn_R_50_mssa_1x.py --num-gpus 8
+    python train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
+    python train_net.py --config-file ... --resume                  # continue output_dir's run
+    python train_net.py --config-file ... model.backbone.aggregation=msca train.output_dir=out/
+
+``--config-file`` is a LazyConfig ``.py`` (see ``docs/DESIGN.md``; the schedule is in epochs and
+is converted to iterations at start-up, the arithmetic is logged) or a yacs ``.yaml`` using the
+registered backbone. Several GPUs or machines go through detectron2's ``launch``
+(torch.distributed; gloo when there is no CUDA). Without CUDA, ``train.device`` becomes ``cpu``.
+The loop itself is :mod:`afa_d2.engine`.
+"""
+import afa_d2  # noqa: F401  (detectron2 compat patches; must precede any detectron2 import)
+
+import logging
+import os
+
+import torch
+from detectron2.config import LazyConfig
+from detectron2.engine import default_argument_parser, launch
+
+from afa_d2.engine import apply_overrides, do_eval_only, do_train, resolve_epoch_schedule
+from afa_d2.engine.overrides import UnknownConfigKeyError
+from afa_d2.engine.schedule import ensure_schedule_keys
+from afa_d2.engine.train_loop import default_setup
+
+logger = logging.getLogger("afa_d2.train_net")
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def load_config(path, opts):
+    """LazyConfig at ``path`` with the command-line overrides applied (keys validated)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError("--config-file {!r}: no such file (cwd: {})".format(path, os.getcwd()))
+    cfg = LazyConfig.load(path)
+    ensure_schedule_keys(cfg)  # train.checkpointer.period etc. become overridable
+    apply_overrides(cfg, opts)
+    return cfg
+
+
+def fall_back_to_cpu(cfg):
+    """Set ``train.device=cpu`` when it asks for CUDA and there is none; returns a note or None."""
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        cfg.train.device = "cpu"
+        return "CUDA is not available: train.device set to cpu"
+    return None
+
+
+def main(args):
+    if args.config_file.endswith(YAML_SUFFIXES):
+        from afa_d2.engine.train_loop import run_yacs
+
+        return run_yacs(args)
+    cfg = load_config(args.config_file, args.opts)
+    device_note = fall_back_to_cpu(cfg)
+    schedule = resolve_epoch_schedule(cfg)
+    default_setup(cfg, args)
+    if device_note:
+        logger.info(device_note)
+    logger.info(str(schedule))
+    if args.eval_only:
+        return do_eval_only(cfg, resume=args.resume)
+    return do_train(cfg, resume=args.resume, progress_bar=args.progress)
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error("--config-file is required")
+    if not os.path.isfile(args.config_file):
+        parser.error("--config-file {!r}: no such file (cwd: {})".format(args.config_file, os.getcwd()))
+    if not args.config_file.endswith(YAML_SUFFIXES):
+        try:  # fail before launching workers: unknown override keys, bad config files
+            load_config(args.config_file, args.opts)
+        except UnknownConfigKeyError as e:
+            parser.error(str(e))
+    return args
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
