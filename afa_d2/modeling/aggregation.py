@@ -1,0 +1,226 @@
+"""The aggregation operators of the top-down path: P_i = op(F_i, P_{i+1}) (paper §3, SPEC §3).
+
+=========  ===========================================================  ========================
+name       P_i (level with a deeper input)                              top level (no P_{i+1})
+=========  ===========================================================  ========================
+"sum"      F_i + Up(P_{i+1})                          (FPN)             F
+"concat"   Conv1x1([F_i, Up(P_{i+1})]), 2C -> C       (FPN-cat)         F
+"mssa"     MS-Att(R_i), R_i = F_i + Up(P_{i+1})       (eqs. 1-2)        MS-Att(F)
+"msca"     F_i + MS-Att(F_i, Up(P_{i+1}))             (eqs. 3-4)        F + MS-Att(F, F)
+=========  ===========================================================  ========================
+
+MS-Att's output already holds the query residual (eq. 7, ``p_q = f_q + ...``), so MSCA's
+``P_i = F_i + S_i`` counts ``F_i`` twice, as the equations read. ``Up`` resizes to ``F_i``'s
+exact size (inputs need not be divisible by 32): nearest for sum/concat (FPN), bilinear with
+``align_corners=False`` for MSSA/MSCA (paper §3.1); ``upsample_mode`` overrides both.
+
+Every operator has the same interface, ``forward(lateral, top_down=None)``, where
+``lateral`` is ``F_i`` and ``top_down`` the deeper level's *un-resized* ``P_{i+1}`` (or
+``None`` on the top level), so an operator is free to fuse resizing with what follows.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Type
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, get_norm
+from torch import Tensor, nn
+
+from .ms_attention import MSAttention
+
+__all__ = [
+    "AGGREGATION_OPS",
+    "UPSAMPLE_MODES",
+    "Aggregation",
+    "SumAggregation",
+    "ConcatAggregation",
+    "MSSAAggregation",
+    "MSCAAggregation",
+    "build_aggregation",
+    "resize_to",
+]
+
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def resize_to(x: Tensor, size: Tuple[int, int], mode: str) -> Tensor:
+    """``Up``: resize ``x`` (N, C, h, w) to ``size`` = (H, W) exactly.
+
+    With ``size`` = (2h, 2w) "nearest" equals detectron2 FPN's ``scale_factor=2`` bit for bit.
+    """
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class Aggregation(nn.Module):
+    """Base of the operators: ``P_i = forward(F_i, P_{i+1})``.
+
+    Args:
+        upsample_mode (str): "nearest" or "bilinear", the ``Up`` of this operator.
+    """
+
+    default_upsample_mode = "nearest"
+    uses_attention = False
+
+    def __init__(self, upsample_mode: Optional[str] = None):
+        super().__init__()
+        mode = self.default_upsample_mode if upsample_mode is None else upsample_mode
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(
+                "unknown upsample_mode {!r}; valid: {} or None (the operator's default)".format(
+                    upsample_mode, list(UPSAMPLE_MODES)
+                )
+            )
+        self.upsample_mode = mode
+
+    def up(self, top_down: Tensor, lateral: Tensor) -> Tensor:
+        """``Up(P_{i+1})`` at ``F_i``'s size."""
+        return resize_to(top_down, (int(lateral.shape[-2]), int(lateral.shape[-1])), self.upsample_mode)
+
+    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            lateral: F_i, Tensor of shape (N, C, H, W).
+            top_down: P_{i+1}, Tensor of shape (N, C, h, w) (any h, w), or None on the top level.
+
+        Returns:
+            P_i: Tensor of shape (N, C, H, W).
+        """
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return "upsample_mode={}".format(self.upsample_mode)
+
+
+class SumAggregation(Aggregation):
+    """FPN's sum-up: ``P_i = F_i + Up(P_{i+1})``; top level ``F``."""
+
+    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        if top_down is None:
+            return lateral
+        return lateral + self.up(top_down, lateral)
+
+
+class ConcatAggregation(Aggregation):
+    """FPN-cat: ``P_i = Conv1x1([F_i, Up(P_{i+1})])`` (2C -> C); top level ``F``.
+
+    Args:
+        channels (int): C.
+        norm (str): detectron2 norm of the 1x1 conv ("" for none, then with bias).
+        upsample_mode (str or None): see :class:`Aggregation`.
+        top (bool): the top level (no deeper input): no conv, ``P = F``.
+    """
+
+    def __init__(
+        self, channels: int, *, norm: str = "", upsample_mode: Optional[str] = None, top: bool = False
+    ):
+        super().__init__(upsample_mode)
+        self.fuse: Optional[nn.Module] = None
+        if not top:  # the top level has nothing to concatenate: no (unused) conv
+            self.fuse = Conv2d(
+                2 * channels, channels, kernel_size=1, bias=norm == "", norm=get_norm(norm, channels)
+            )
+            weight_init.c2_xavier_fill(self.fuse)
+
+    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        if top_down is None or self.fuse is None:
+            return lateral
+        return self.fuse(torch.cat([lateral, self.up(top_down, lateral)], dim=1))  # (N, 2C, H, W) -> (N, C, H, W)
+
+
+class _AttentionAggregation(Aggregation):
+    default_upsample_mode = "bilinear"
+    uses_attention = True
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        num_heads: int = 4,
+        pooling: str = "multi_scale",
+        pool_stride: int = 16,
+        adaptive_pool_size: int = 7,
+        mlp_ratio: float = 2.0,
+        upsample_mode: Optional[str] = None,
+    ):
+        super().__init__(upsample_mode)
+        self.attn = MSAttention(
+            channels,
+            num_heads,
+            pooling=pooling,
+            pool_stride=pool_stride,
+            adaptive_pool_size=adaptive_pool_size,
+            mlp_ratio=mlp_ratio,
+        )
+
+
+class MSSAAggregation(_AttentionAggregation):
+    """MSSA (paper §3.1): ``R_i = F_i + Up(P_{i+1})`` (eq. 1), ``P_i = MS-Att(R_i)`` (eq. 2).
+
+    Top level: ``P = MS-Att(F)``. Args as :class:`MSAttention`, plus ``upsample_mode``.
+    """
+
+    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        r = lateral if top_down is None else lateral + self.up(top_down, lateral)  # eq. (1)
+        return self.attn(r)  # eq. (2)
+
+
+class MSCAAggregation(_AttentionAggregation):
+    """MSCA (paper §3.2): ``S_i = MS-Att(F_i, Up(P_{i+1}))`` (eq. 3), ``P_i = F_i + S_i`` (eq. 4).
+
+    Top level: ``P = F + MS-Att(F, F)``. Args as :class:`MSAttention`, plus ``upsample_mode``.
+    """
+
+    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        kv = lateral if top_down is None else self.up(top_down, lateral)
+        return lateral + self.attn(lateral, kv)  # eqs. (3)-(4)
+
+
+AGGREGATION_OPS: Dict[str, Type[Aggregation]] = {
+    "sum": SumAggregation,
+    "concat": ConcatAggregation,
+    "mssa": MSSAAggregation,
+    "msca": MSCAAggregation,
+}
+
+
+def build_aggregation(
+    name: str,
+    channels: int,
+    *,
+    norm: str = "",
+    upsample_mode: Optional[str] = None,
+    num_heads: int = 4,
+    pooling: str = "multi_scale",
+    pool_stride: int = 16,
+    adaptive_pool_size: int = 7,
+    mlp_ratio: float = 2.0,
+    top: bool = False,
+) -> Aggregation:
+    """Build the operator ``name`` (one of :data:`AGGREGATION_OPS`) for ``channels`` channels.
+
+    ``top``: for the top level (no deeper input; "concat" then has no conv).
+    ``norm`` is used by "concat" only; ``num_heads``, ``pooling``, ``pool_stride``,
+    ``adaptive_pool_size`` and ``mlp_ratio`` by "mssa" / "msca" only (see :class:`MSAttention`).
+    """
+    if name not in AGGREGATION_OPS:
+        raise ValueError(
+            "unknown aggregation operator {!r}; valid: {}".format(name, list(AGGREGATION_OPS))
+        )
+    cls = AGGREGATION_OPS[name]
+    if cls is SumAggregation:
+        return cls(upsample_mode)
+    if cls is ConcatAggregation:
+        return cls(channels, norm=norm, upsample_mode=upsample_mode, top=top)
+    return cls(
+        channels,
+        num_heads=num_heads,
+        pooling=pooling,
+        pool_stride=pool_stride,
+        adaptive_pool_size=adaptive_pool_size,
+        mlp_ratio=mlp_ratio,
+        upsample_mode=upsample_mode,
+    )

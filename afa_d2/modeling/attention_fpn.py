@@ -1,0 +1,322 @@
+"""AttentionFPN: detectron2's FPN with the top-down sum replaced by a chosen operator per level.
+
+The paper's pyramid (§3, Fig. 1; SPEC §3): lateral 1x1 convs give ``F_i`` (256 channels);
+aggregation runs top-down from the deepest level, ``P_i = op_i(F_i, P_{i+1})``, with ``op_i`` one
+of :data:`~afa_d2.modeling.aggregation.AGGREGATION_OPS`; FPN's 3x3 output convs follow on every
+level; ``p6`` is a max-pool of ``p5`` (``LastLevelMaxPool``). The operator is the only
+difference between variants, and with "sum" on every level the module *is* detectron2's FPN:
+same submodule names (``fpn_lateral{s}``, ``fpn_output{s}``), so an FPN checkpoint loads, and the
+same outputs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import fvcore.nn.weight_init as weight_init
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from torch import Tensor, nn
+
+from .aggregation import AGGREGATION_OPS, UPSAMPLE_MODES, build_aggregation
+from .ms_attention import POOLING_TYPES
+
+__all__ = ["AttentionFPN"]
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class AttentionFPN(Backbone):
+    """Feature pyramid with attention-based aggregation (MSSA / MSCA, paper §3).
+
+    Outputs ``p2..p6`` (strides 4..64 for res2..res5 inputs), ``out_channels`` each, like
+    detectron2's :class:`~detectron2.modeling.backbone.FPN`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        bottom_up: Backbone,
+        in_features: Sequence[str],
+        out_channels: int = 256,
+        *,
+        aggregation: Union[str, Mapping[str, str]] = "mssa",
+        attention_levels: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        pooling: str = "multi_scale",
+        pool_strides: Sequence[int] = (16, 8, 4, 2),
+        adaptive_pool_size: int = 7,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        upsample_mode: Optional[str] = None,
+        norm: str = "",
+        top_block: Optional[nn.Module] = None,
+        fuse_type: str = "sum",
+        square_pad: int = 0,
+    ):
+        """
+        Args:
+            bottom_up (Backbone): gives the multi-scale maps named in ``in_features``.
+            in_features (list[str]): bottom-up maps used, high to low resolution, strides
+                log2-contiguous, e.g. ``["res2", "res3", "res4", "res5"]``.
+            out_channels (int): channels C of ``F_i`` and of every output.
+            aggregation (str or dict[str, str]): the operator ("sum", "concat", "mssa", "msca")
+                used on ``attention_levels``; or a dict mapping a level ("p2".."p5") to an
+                operator, levels left out using "sum" (then ``attention_levels`` is not used).
+            attention_levels (list[str]): levels using ``aggregation`` when it is a str; the
+                others use "sum" (paper Table 4). Names are this pyramid's levels
+                ``p<log2 stride>`` of ``in_features``.
+            pooling (str): key/value pooling of MS-Att: "multi_scale", "single_scale",
+                "adaptive" (paper Table 5).
+            pool_strides (list[int]): r_i per level, one per ``in_features`` (high to low
+                resolution); the paper's (16, 8, 4, 2) for p2..p5.
+            adaptive_pool_size (int): side of the "adaptive" pool.
+            num_heads (int): attention heads; must divide ``out_channels``.
+            mlp_ratio (float): DW-MLP expansion.
+            upsample_mode (str or None): ``Up`` for every operator; None: bilinear for
+                MSSA/MSCA (paper), nearest for sum/concat (FPN).
+            norm (str): detectron2 norm of the lateral, output and concat convs ("" for none).
+            top_block (nn.Module or None): extra levels from the last output, as in FPN
+                (e.g. ``LastLevelMaxPool()`` for p6).
+            fuse_type (str): accepted for FPN parity; only "sum" (the operator does the fusing).
+            square_pad (int): if > 0, pad inputs to this square size (``padding_constraints``).
+        """
+        super().__init__()
+        if not isinstance(bottom_up, Backbone):
+            raise ValueError(
+                "bottom_up must be a detectron2 Backbone, got {}".format(type(bottom_up).__name__)
+            )
+        in_features = list(in_features)
+        input_shapes = bottom_up.output_shape()
+        if not in_features:
+            raise ValueError("in_features is empty; valid: {}".format(list(input_shapes)))
+        for f in in_features:
+            if f not in input_shapes:
+                raise ValueError(
+                    "unknown in_feature {!r}; the bottom-up gives {}".format(f, list(input_shapes))
+                )
+        strides = [input_shapes[f].stride for f in in_features]
+        in_channels = [input_shapes[f].channels for f in in_features]
+        for i in range(1, len(strides)):
+            if strides[i] != 2 * strides[i - 1]:
+                raise ValueError(
+                    "in_features {} have strides {}, which are not log2-contiguous".format(
+                        in_features, strides
+                    )
+                )
+        if not _positive_int(out_channels):
+            raise ValueError("out_channels must be a positive int, got {!r}".format(out_channels))
+        levels = ["p{}".format(int(math.log2(s))) for s in strides]
+
+        # ---- which operator on which level
+        if isinstance(aggregation, str):
+            if aggregation not in AGGREGATION_OPS:
+                raise ValueError(
+                    "unknown aggregation {!r}; valid: {}".format(aggregation, list(AGGREGATION_OPS))
+                )
+            if isinstance(attention_levels, str):
+                raise ValueError(
+                    "attention_levels must be a list of level names, got the str {!r}; "
+                    "valid names: {}".format(attention_levels, levels)
+                )
+            for lvl in attention_levels:
+                if lvl not in levels:
+                    raise ValueError(
+                        "unknown level {!r} in attention_levels; valid: {}".format(lvl, levels)
+                    )
+            ops = {lvl: (aggregation if lvl in attention_levels else "sum") for lvl in levels}
+        elif isinstance(aggregation, Mapping):
+            for lvl, op in aggregation.items():
+                if lvl not in levels:
+                    raise ValueError(
+                        "unknown level {!r} in aggregation; valid: {}".format(lvl, levels)
+                    )
+                if op not in AGGREGATION_OPS:
+                    raise ValueError(
+                        "unknown aggregation {!r} for level {}; valid: {}".format(
+                            op, lvl, list(AGGREGATION_OPS)
+                        )
+                    )
+            ops = {lvl: aggregation.get(lvl, "sum") for lvl in levels}
+        else:
+            raise ValueError(
+                "aggregation must be a str or a dict level -> str, got {!r}; valid operators: "
+                "{}".format(aggregation, list(AGGREGATION_OPS))
+            )
+
+        # ---- attention hyper-parameters (checked whatever the operators, so a typo never hides)
+        if pooling not in POOLING_TYPES:
+            raise ValueError("unknown pooling {!r}; valid: {}".format(pooling, list(POOLING_TYPES)))
+        pool_strides = list(pool_strides)
+        if len(pool_strides) != len(in_features):
+            raise ValueError(
+                "pool_strides {} has {} entries; need one per in_feature {} (levels {})".format(
+                    pool_strides, len(pool_strides), in_features, levels
+                )
+            )
+        for r in pool_strides:
+            if not _positive_int(r):
+                raise ValueError(
+                    "pool_strides must be positive ints, got {!r} in {}".format(r, pool_strides)
+                )
+        if not _positive_int(adaptive_pool_size):
+            raise ValueError(
+                "adaptive_pool_size must be a positive int, got {!r}".format(adaptive_pool_size)
+            )
+        if not _positive_int(num_heads) or out_channels % num_heads != 0:
+            raise ValueError(
+                "num_heads={!r} must be a positive int dividing out_channels={}; valid: {}".format(
+                    num_heads, out_channels, [h for h in range(1, 33) if out_channels % h == 0]
+                )
+            )
+        if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
+            raise ValueError("mlp_ratio must be > 0, got {!r}".format(mlp_ratio))
+        if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(
+                "unknown upsample_mode {!r}; valid: {} or None".format(
+                    upsample_mode, list(UPSAMPLE_MODES)
+                )
+            )
+        if fuse_type != "sum":
+            raise ValueError(
+                "fuse_type {!r} is not supported; valid: ['sum'] (the operator fuses)".format(
+                    fuse_type
+                )
+            )
+        if not isinstance(square_pad, int) or square_pad < 0:
+            raise ValueError("square_pad must be an int >= 0, got {!r}".format(square_pad))
+
+        # ---- modules, named as detectron2's FPN names them
+        use_bias = norm == ""
+        lateral_convs, output_convs, aggregations = [], [], []
+        for idx, (c_in, stride) in enumerate(zip(in_channels, strides)):
+            stage = int(math.log2(stride))
+            lateral_conv = Conv2d(
+                c_in, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels)
+            )
+            output_conv = Conv2d(
+                out_channels,
+                out_channels,
+                kernel_size=3,
+                stride=1,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, out_channels),
+            )
+            weight_init.c2_xavier_fill(lateral_conv)
+            weight_init.c2_xavier_fill(output_conv)
+            agg = build_aggregation(
+                ops[levels[idx]],
+                out_channels,
+                norm=norm,
+                upsample_mode=upsample_mode,
+                num_heads=num_heads,
+                pooling=pooling,
+                pool_stride=pool_strides[idx],
+                adaptive_pool_size=adaptive_pool_size,
+                mlp_ratio=mlp_ratio,
+                top=idx == len(in_channels) - 1,
+            )
+            self.add_module("fpn_lateral{}".format(stage), lateral_conv)
+            self.add_module("fpn_output{}".format(stage), output_conv)
+            self.add_module("fpn_aggregation{}".format(stage), agg)
+            lateral_convs.append(lateral_conv)
+            output_convs.append(output_conv)
+            aggregations.append(agg)
+        # top-down order (low to high resolution); plain lists, the modules are registered above
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
+        self.aggregations = aggregations[::-1]
+
+        self.top_block = top_block
+        self.in_features = tuple(in_features)
+        self.bottom_up = bottom_up
+        self.levels = tuple(levels)
+        self.level_ops: Dict[str, str] = dict(ops)
+        self._out_feature_strides = {lvl: s for lvl, s in zip(levels, strides)}
+        if top_block is not None:
+            stage = int(math.log2(strides[-1]))
+            for s in range(stage, stage + top_block.num_levels):
+                self._out_feature_strides["p{}".format(s + 1)] = 2 ** (s + 1)
+        self._out_features = list(self._out_feature_strides.keys())
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+        self._size_divisibility = max(strides[-1], int(getattr(bottom_up, "size_divisibility", 0)))
+        self._square_pad = square_pad
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec, bottom_up: Optional[Backbone] = None):
+        """yacs: ``MODEL.FPN.*`` as detectron2's ``build_resnet_fpn_backbone``, ``MODEL.AFA.*``.
+
+        ``bottom_up`` defaults to detectron2's ResNet built from ``MODEL.RESNETS``.
+        """
+        if bottom_up is None:
+            from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+            bottom_up = build_resnet_backbone(cfg, input_shape)
+        afa = cfg.MODEL.AFA
+        return {
+            "bottom_up": bottom_up,
+            "in_features": list(cfg.MODEL.FPN.IN_FEATURES),
+            "out_channels": cfg.MODEL.FPN.OUT_CHANNELS,
+            "aggregation": afa.AGGREGATION,
+            "attention_levels": list(afa.ATTENTION_LEVELS),
+            "pooling": afa.POOLING,
+            "pool_strides": list(afa.POOL_STRIDES),
+            "adaptive_pool_size": afa.ADAPTIVE_POOL_SIZE,
+            "num_heads": afa.NUM_HEADS,
+            "mlp_ratio": afa.MLP_RATIO,
+            "upsample_mode": afa.UPSAMPLE_MODE or None,
+            "norm": cfg.MODEL.FPN.NORM,
+            "top_block": LastLevelMaxPool(),
+            "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        """detectron2's padding contract (newer versions read it; v0.6 reads ``size_divisibility``)."""
+        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        """
+        Args:
+            x: images, Tensor of shape (N, 3, H, W); any H, W (no need to pad to 32).
+
+        Returns:
+            dict[str, Tensor]: ``p2..p6`` -> Tensor of shape (N, C, ceil(H / s), ceil(W / s))
+            for a ResNet bottom-up (s = the level's stride).
+        """
+        return self.aggregate(self.bottom_up(x))
+
+    def aggregate(self, bottom_up_features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The neck alone: bottom-up maps (``in_features``) -> pyramid outputs."""
+        results: List[Tensor] = []
+        prev: Optional[Tensor] = None
+        for idx, (lateral_conv, aggregation, output_conv) in enumerate(
+            zip(self.lateral_convs, self.aggregations, self.output_convs)
+        ):
+            lateral = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])  # F_i
+            prev = aggregation(lateral, prev)  # P_i = op(F_i, P_{i+1})
+            results.insert(0, output_conv(prev))
+        if self.top_block is not None:
+            if self.top_block.in_feature in bottom_up_features:
+                top_in = bottom_up_features[self.top_block.in_feature]
+            else:
+                top_in = results[self._out_features.index(self.top_block.in_feature)]
+            results.extend(self.top_block(top_in))
+        assert len(self._out_features) == len(results)
+        return {f: res for f, res in zip(self._out_features, results)}
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }

@@ -1,0 +1,37 @@
+"""yacs builders in detectron2's ``BACKBONE_REGISTRY`` (``MODEL.BACKBONE.NAME``).
+
+Call :func:`afa_d2.config.add_afa_config` on the config first; ``MODEL.FPN.*`` is read as
+detectron2's ``build_resnet_fpn_backbone`` reads it.
+"""
+from __future__ import annotations
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+from .attention_fpn import AttentionFPN
+from .swin import SwinBottomUp
+
+__all__ = ["build_resnet_attention_fpn_backbone", "build_swin_attention_fpn_backbone"]
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_attention_fpn_backbone(cfg, input_shape: ShapeSpec) -> AttentionFPN:
+    """detectron2 ResNet (``MODEL.RESNETS``, R-18/34/50/101) + :class:`AttentionFPN` (``MODEL.AFA``)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    return AttentionFPN(cfg, input_shape, bottom_up=bottom_up)
+
+
+@BACKBONE_REGISTRY.register()
+def build_swin_attention_fpn_backbone(cfg, input_shape: ShapeSpec) -> AttentionFPN:
+    """timm Swin (``MODEL.SWIN``) + :class:`AttentionFPN` (``MODEL.AFA``)."""
+    if input_shape.channels != 3:
+        raise ValueError(
+            "Swin takes 3-channel images; got input_shape.channels={}".format(input_shape.channels)
+        )
+    bottom_up = SwinBottomUp(
+        cfg.MODEL.SWIN.NAME,
+        cfg.MODEL.SWIN.OUT_FEATURES,
+        drop_path_rate=cfg.MODEL.SWIN.DROP_PATH_RATE,
+    )
+    return AttentionFPN(cfg, input_shape, bottom_up=bottom_up)

@@ -1,0 +1,264 @@
+"""MS-Att: the multi-scale attention block of the paper (§3.3, eqs. 5-7).
+
+Where each piece comes from:
+
+* the attention itself is ViT's multi-head attention (Dosovitskiy et al., 2021): LayerNorm,
+  linear Q / K / V, ``softmax(Q K^T / sqrt(d_k)) V`` over ``num_heads`` heads, output
+  projection (eqs. 5-6), computed with :func:`torch.nn.functional.scaled_dot_product_attention`;
+* keys and values are average-pooled before the projection, as in P2T / PVTv2's spatial
+  reduction; "multi-scale" pools twice (strides ``r`` and ``2 r``) and concatenates the
+  flattened results (paper §3.3 "Multi-Scale Pooling", SPEC §3 for the reading of "r2i");
+* the MLP is PVTv2's DW-MLP (Wang et al., 2021b; timm ``MlpWithDepthwiseConv``): FC (C -> 2C),
+  depth-wise 3x3 conv on the query's H x W grid (the position encoding), GELU, FC (2C -> C),
+  used in eq. 7 ``p_q = f_q + DW-MLP(LN(f_q + Att))``. The LayerNorm before the MLP is
+  PVTv2's pre-norm; the paper does not state it (SPEC §3, step 4).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MSAttention", "DWMLP", "POOLING_TYPES", "pool_tokens"]
+
+POOLING_TYPES = ("multi_scale", "single_scale", "adaptive")
+
+
+def _clamped_avg_pool(x: Tensor, stride: int) -> Tensor:
+    """Average pooling with kernel = stride, never below 1x1.
+
+    The kernel (and stride) is clamped to the input size per axis, and ``ceil_mode`` keeps
+    the border pixels (the last window averages only what lies inside the input), so every
+    pixel contributes and an input of 3x5 pooled with stride 16 gives 1x1.
+
+    Args:
+        x: Tensor of shape (N, C, H, W).
+        stride: the pooling stride r (> 0).
+
+    Returns:
+        Tensor of shape (N, C, ceil(H / kh), ceil(W / kw)) with kh = min(r, H), kw = min(r, W).
+    """
+    kh = min(stride, int(x.shape[-2]))
+    kw = min(stride, int(x.shape[-1]))
+    if kh == 1 and kw == 1:
+        return x
+    return F.avg_pool2d(x, kernel_size=(kh, kw), stride=(kh, kw), ceil_mode=True)
+
+
+def pool_tokens(
+    x: Tensor, pooling: str, strides: Tuple[int, ...], adaptive_size: int
+) -> Tensor:
+    """Key/value tokens of MS-Att: pooled maps of ``x``, flattened and concatenated.
+
+    Args:
+        x: Tensor of shape (N, C, H, W), the key/value source.
+        pooling: one of :data:`POOLING_TYPES`.
+        strides: pooling strides, (r, 2r) for "multi_scale", (r,) for "single_scale".
+        adaptive_size: output side of the "adaptive" pool (clamped to the input size).
+
+    Returns:
+        Tensor of shape (N, M, C): M tokens, the pools' outputs in order.
+    """
+    if pooling == "adaptive":
+        size = (min(adaptive_size, int(x.shape[-2])), min(adaptive_size, int(x.shape[-1])))
+        pooled = [F.adaptive_avg_pool2d(x, size)]
+    else:
+        pooled = [_clamped_avg_pool(x, s) for s in strides]
+    # each (N, C, h_j, w_j) -> (N, C, h_j * w_j); concatenated -> (N, C, M) -> (N, M, C)
+    return torch.cat([p.flatten(2) for p in pooled], dim=2).transpose(1, 2)
+
+
+class DWMLP(nn.Module):
+    """PVTv2's MLP with a depth-wise convolution: FC, DW-conv 3x3, GELU, FC.
+
+    Args:
+        dim (int): token channels C.
+        hidden_dim (int): hidden channels (``mlp_ratio * C``).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim, bias=True)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        """
+        Args:
+            x: Tensor of shape (N, H*W, C), tokens in row-major order of the grid.
+            feat_size: (H, W) of the grid.
+
+        Returns:
+            Tensor of shape (N, H*W, C).
+        """
+        n = x.shape[0]
+        h, w = feat_size
+        x = self.fc1(x)  # (N, H*W, hidden)
+        hidden = x.shape[-1]
+        x = x.transpose(1, 2).reshape(n, hidden, h, w)  # (N, hidden, H, W)
+        x = self.dwconv(x)
+        x = x.flatten(2).transpose(1, 2)  # (N, H*W, hidden)
+        x = self.act(x)
+        return self.fc2(x)
+
+
+class MSAttention(nn.Module):
+    """MS-Att(x_q, x_kv) of the paper, eqs. (5)-(7).
+
+    ``f_q`` = tokens of ``x_q``; ``f_kv`` = pooled tokens of ``x_kv`` (see :func:`pool_tokens`);
+    ``Q = W_q LN_q(f_q)``, ``K, V = W_k LN_kv(f_kv), W_v LN_kv(f_kv)`` (eq. 5, one fused K/V
+    linear); ``Att = W_o softmax(Q K^T / sqrt(d_k)) V`` over ``num_heads`` heads (eq. 6);
+    ``p_q = f_q + DW-MLP(LN(f_q + Att))`` (eq. 7), reshaped back to (N, C, H, W).
+
+    The output already contains the ``f_q`` residual: MSSA uses it as ``P_i`` directly,
+    MSCA adds ``F_i`` once more (eq. 4).
+
+    Args:
+        dim (int): channels C of both inputs.
+        num_heads (int): attention heads; must divide ``dim``.
+        pooling (str): "multi_scale" (strides r and 2r), "single_scale" (stride r) or
+            "adaptive" (one adaptive pool to ``adaptive_pool_size``), paper Table 5.
+        pool_stride (int): r (> 0), ignored by "adaptive".
+        adaptive_pool_size (int): side of the adaptive pool (> 0).
+        mlp_ratio (float): hidden channels of the DW-MLP over C (> 0).
+        qkv_bias (bool): biases in the Q and K/V linears (ViT / PVTv2 use them).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        *,
+        pooling: str = "multi_scale",
+        pool_stride: int = 16,
+        adaptive_pool_size: int = 7,
+        mlp_ratio: float = 2.0,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError("MSAttention: dim must be a positive int, got {!r}".format(dim))
+        if not isinstance(num_heads, int) or num_heads <= 0 or dim % num_heads != 0:
+            raise ValueError(
+                "MSAttention: num_heads={!r} must be a positive int dividing the channels "
+                "dim={} (valid: {})".format(
+                    num_heads, dim, [h for h in range(1, dim + 1) if dim % h == 0][:12]
+                )
+            )
+        if pooling not in POOLING_TYPES:
+            raise ValueError(
+                "MSAttention: unknown pooling {!r}; valid: {}".format(pooling, list(POOLING_TYPES))
+            )
+        if not isinstance(pool_stride, int) or isinstance(pool_stride, bool) or pool_stride <= 0:
+            raise ValueError(
+                "MSAttention: pool_stride must be a positive int, got {!r}".format(pool_stride)
+            )
+        if not isinstance(adaptive_pool_size, int) or adaptive_pool_size <= 0:
+            raise ValueError(
+                "MSAttention: adaptive_pool_size must be a positive int, got {!r}".format(
+                    adaptive_pool_size
+                )
+            )
+        if not mlp_ratio > 0:
+            raise ValueError("MSAttention: mlp_ratio must be > 0, got {!r}".format(mlp_ratio))
+        hidden = int(round(dim * mlp_ratio))
+        if hidden <= 0:
+            raise ValueError("MSAttention: mlp_ratio={!r} gives no hidden channels".format(mlp_ratio))
+
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.pooling = pooling
+        self.pool_strides: Tuple[int, ...] = (
+            (pool_stride, 2 * pool_stride) if pooling == "multi_scale" else (pool_stride,)
+        )
+        self.adaptive_pool_size = adaptive_pool_size
+
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)  # W_k and W_v, fused
+        self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = DWMLP(dim, hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PVTv2's initialisation: trunc-normal(0.02) linears, unit LayerNorms, fan-out conv."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def extra_repr(self) -> str:
+        pools = (
+            "adaptive {0}x{0}".format(self.adaptive_pool_size)
+            if self.pooling == "adaptive"
+            else "strides {}".format(list(self.pool_strides))
+        )
+        return "dim={}, num_heads={}, pooling={} ({})".format(
+            self.dim, self.num_heads, self.pooling, pools
+        )
+
+    def kv_tokens(self, x_kv: Tensor) -> Tensor:
+        """Pooled key/value tokens f_kv of ``x_kv`` (N, C, H', W') -> (N, M, C)."""
+        return pool_tokens(x_kv, self.pooling, self.pool_strides, self.adaptive_pool_size)
+
+    def forward(self, x_q: Tensor, x_kv: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            x_q: Tensor of shape (N, C, H, W), the query source.
+            x_kv: Tensor of shape (N, C, H', W'), the key/value source; ``None`` means
+                ``x_q`` (self-attention).
+
+        Returns:
+            p_q: Tensor of shape (N, C, H, W), eq. (7) reshaped.
+        """
+        if x_kv is None:
+            x_kv = x_q
+        n, c, h, w = x_q.shape
+        f_q = x_q.flatten(2).transpose(1, 2)  # (N, H*W, C)
+        f_kv = self.kv_tokens(x_kv)  # (N, M, C)
+        m = f_kv.shape[1]
+
+        q = self.q(self.norm_q(f_q))  # (N, H*W, C)
+        q = q.reshape(n, h * w, self.num_heads, self.head_dim).transpose(1, 2)  # (N, heads, H*W, C/heads)
+        kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C)
+        kv = kv.reshape(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
+        k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
+        if q.dtype != k.dtype:  # autocast may leave them apart
+            k, v = k.to(q.dtype), v.to(q.dtype)
+
+        att = F.scaled_dot_product_attention(q, k, v)  # (N, heads, H*W, C/heads)
+        att = att.transpose(1, 2).reshape(n, h * w, c)  # (N, H*W, C)
+        att = self.proj(att)
+
+        x = f_q + att  # eq. (7), inner sum
+        p_q = f_q + self.mlp(self.norm_mlp(x), (h, w))  # (N, H*W, C)
+        return p_q.transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+
+
+def _pool_output_sizes(
+    h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int
+) -> List[Tuple[int, int]]:
+    """The (h, w) of each pool of :func:`pool_tokens` for an input of h x w (for docs/tests)."""
+    if pooling == "adaptive":
+        return [(min(adaptive_size, h), min(adaptive_size, w))]
+    out = []
+    for s in strides:
+        kh, kw = min(s, h), min(s, w)
+        out.append((-(-h // kh), -(-w // kw)))
+    return out

@@ -1,0 +1,1 @@
+"""Command-line tools of afa_d2 (``python -m afa_d2.tools.<name>``)."""

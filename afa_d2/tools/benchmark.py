@@ -1,0 +1,415 @@
+"""Side-by-side cost of the aggregation operators (SPEC §7): ``python -m afa_d2.tools.benchmark``.
+
+For each operator (sum, concat, mssa, msca by default), on the same input, in one run:
+
+* parameters of the neck (AttentionFPN without its bottom-up) and of the whole model;
+* FLOPs counted by fvcore (one multiply-add = one flop, detectron2's convention), with a handle
+  for ``aten::scaled_dot_product_attention`` (fvcore has none and would skip attention): it
+  counts the two matmuls, ``Q K^T`` and ``softmax(.) V``;
+* inference latency of the neck alone (on precomputed bottom-up features) and of the whole
+  detector (detectron2's LazyConfig ``common/models/mask_rcnn_fpn.py`` or ``cascade_rcnn.py``
+  with the FPN replaced by :class:`~afa_d2.modeling.AttentionFPN`), batch 1; each also as a
+  ratio to "sum", and the neck's achieved GFLOP/s;
+* with ``--train``: one training step's time and peak memory (CUDA: ``max_memory_allocated``;
+  CPU: the rise of the process's peak RSS over the built model, one subprocess per operator so
+  the peaks do not mix).
+
+The weights are random (nothing is downloaded): the bottom-up uses ``--norm`` (GN by default;
+FrozenBN or BN in eval mode at random init blow the activations up to ~1e4 and leave a handful
+of proposals), every variant shares the weights of the parts it has in common with "sum" (the
+bottom-up, lateral/output convs, heads), and the box predictors' score threshold is 0, so the
+heads do (nearly) the same work for every operator. The whole-model cost still depends on how
+many proposals survive NMS and how many detections reach the mask head: both are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import afa_d2  # noqa: F401  (compat patches before detectron2)
+import torch
+from torch import nn
+
+OPS = ("sum", "concat", "mssa", "msca")
+MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
+
+
+# --------------------------------------------------------------------------------------- FLOPs
+def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention``: ``Q K^T`` plus ``A V`` MACs.
+
+    q: (..., N_q, d), k: (..., N_k, d), v: (..., N_k, d_v) -> (prod(...) * N_q * N_k * (d + d_v)).
+    """
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = math.prod(max(a, b) for a, b in zip(q[:-2], k[:-2]))
+    return int(batch * q[-2] * k[-2] * (q[-1] + v[-1]))
+
+
+def flop_analysis(module: nn.Module, inputs: tuple):
+    """fvcore ``FlopCountAnalysis`` with the attention handle, warnings off."""
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
+class _NeckOnly(nn.Module):
+    """AttentionFPN.aggregate with tensor inputs, for tracing."""
+
+    def __init__(self, neck: nn.Module):
+        super().__init__()
+        self.neck = neck
+
+    def forward(self, *features: torch.Tensor):
+        out = self.neck.aggregate(dict(zip(self.neck.in_features, features)))
+        return tuple(out.values())
+
+
+class _InferenceOnly(nn.Module):
+    """GeneralizedRCNN inference on one image tensor, outputs as tensors, for tracing."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        return tuple(inst.get_fields()[k] if k != "pred_boxes" else inst.pred_boxes.tensor
+                     for k in ("pred_boxes", "scores", "pred_classes", "pred_masks") if inst.has(k))
+
+
+# --------------------------------------------------------------------------------------- model
+def build_model(
+    op: str,
+    model: str = "mask_rcnn",
+    norm: str = "GN",
+    seed: int = 0,
+    detections_per_image: int = 100,
+    proposals: int = 1000,
+    shared_state: Optional[Dict[str, torch.Tensor]] = None,
+) -> nn.Module:
+    """detectron2's LazyConfig detector with AttentionFPN(aggregation=op) as its backbone.
+
+    ``shared_state`` (e.g. the "sum" model's state_dict) is loaded non-strictly, so the
+    variants differ only in their operators' own weights.
+    """
+    from detectron2 import model_zoo
+    from detectron2.config import LazyCall as L
+    from detectron2.config import instantiate
+
+    from afa_d2.modeling import AttentionFPN
+
+    cfg = model_zoo.get_config(MODELS[model]).model
+    fpn = cfg.backbone
+    fpn.bottom_up.stem.norm = norm
+    fpn.bottom_up.stages.norm = norm
+    cfg.backbone = L(AttentionFPN)(
+        bottom_up=fpn.bottom_up,
+        in_features=["res2", "res3", "res4", "res5"],
+        out_channels=fpn.out_channels,
+        aggregation=op,
+        top_block=fpn.top_block,
+    )
+    if "box_predictors" in cfg.roi_heads:
+        for p in cfg.roi_heads.box_predictors:
+            p.test_score_thresh = 0.0
+            p.test_topk_per_image = detections_per_image
+    else:
+        cfg.roi_heads.box_predictor.test_score_thresh = 0.0
+    cfg.roi_heads.box_predictor.test_topk_per_image = detections_per_image
+    cfg.proposal_generator.post_nms_topk = (cfg.proposal_generator.post_nms_topk[0], proposals)
+    torch.manual_seed(seed)
+    detector = instantiate(cfg)
+    if shared_state is not None:
+        detector.load_state_dict(shared_state, strict=False)
+    return detector
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, iters: int, warmup: int, device: torch.device) -> float:
+    """Median seconds of ``fn()`` over ``iters`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, iters)):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _image(height: int, width: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(3, height, width, generator=g) * 255).to(device)
+
+
+def _build(op: str, args: argparse.Namespace, shared_state=None) -> nn.Module:
+    return build_model(
+        op, args.model, args.norm, args.seed, args.detections_per_image, args.proposals,
+        shared_state,
+    )
+
+
+def shared_state_dict(args: argparse.Namespace) -> Dict[str, torch.Tensor]:
+    """The "sum" model's weights, the common part of every variant."""
+    return _build("sum", args).state_dict()
+
+
+def measure_inference(
+    op: str,
+    args: argparse.Namespace,
+    shared_state: Optional[Dict[str, torch.Tensor]] = None,
+    model: Optional[nn.Module] = None,
+) -> Dict[str, Any]:
+    """Parameters, FLOPs and inference latency of one operator (``model``: already built)."""
+    device = torch.device(args.device)
+    if model is None:
+        model = _build(op, args, shared_state)
+    model = model.to(device).eval()
+    neck = model.backbone
+    image = _image(args.height, args.width, device)
+    res: Dict[str, Any] = {
+        "op": op,
+        "neck_params": _params(neck) - _params(neck.bottom_up),
+        "model_params": _params(model),
+    }
+    with torch.no_grad():
+        # The model pads to size_divisibility itself; the neck gets the same padded input.
+        images = model.preprocess_image([{"image": image}])
+        feats = neck.bottom_up(images.tensor)
+        feat_list = tuple(feats[f] for f in neck.in_features)
+
+        neck_flops = flop_analysis(_NeckOnly(neck).eval(), feat_list)
+        res["neck_flops"] = int(neck_flops.total())
+        res["neck_sdpa_flops"] = int(neck_flops.by_operator().get("scaled_dot_product_attention", 0))
+        if not args.skip_model_flops:
+            model_flops = flop_analysis(_InferenceOnly(model).eval(), (image,))
+            res["model_flops"] = int(model_flops.total())
+            res["model_sdpa_flops"] = int(
+                model_flops.by_operator().get("scaled_dot_product_attention", 0)
+            )
+        res["neck_latency_s"] = _time(lambda: neck.aggregate(feats), args.iters, args.warmup, device)
+        inputs = [{"image": image, "height": args.height, "width": args.width}]
+        counts: Dict[str, int] = {}
+        hook = model.proposal_generator.register_forward_hook(
+            lambda m, i, o: counts.__setitem__("proposals", len(o[0][0]))
+        )
+
+        def run():
+            counts["detections"] = len(model(inputs)[0]["instances"])
+
+        res["model_latency_s"] = _time(run, args.iters, args.warmup, device)
+        hook.remove()
+        res.update(counts)
+    res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
+    return res
+
+
+# ----------------------------------------------------------------------------------- training
+def _train_batch(height: int, width: int, device: torch.device) -> List[Dict[str, Any]]:
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    g = torch.Generator().manual_seed(2)
+    n = 8
+    x0 = torch.rand(n, generator=g) * width * 0.6
+    y0 = torch.rand(n, generator=g) * height * 0.6
+    bw = (torch.rand(n, generator=g) * 0.35 + 0.05) * width
+    bh = (torch.rand(n, generator=g) * 0.35 + 0.05) * height
+    boxes = torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1)
+    masks = torch.zeros(n, height, width, dtype=torch.bool)
+    for i, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
+        masks[i, b:d, a:c] = True
+    inst = Instances((height, width))
+    inst.gt_boxes = Boxes(boxes)
+    inst.gt_classes = torch.randint(0, 80, (n,), generator=g)
+    inst.gt_masks = BitMasks(masks)
+    return [{"image": _image(height, width, device), "instances": inst.to(device)}]
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def measure_train_step(op: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Training step time and peak memory of one operator, in this process."""
+    device = torch.device(args.device)
+    model = _build(op, args, shared_state_dict(args)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = _train_batch(args.height, args.width, device)
+
+    from detectron2.utils.events import EventStorage
+
+    def step():
+        with EventStorage():  # detectron2's heads log training statistics there
+            losses = model(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _maxrss_bytes()
+    seconds = _time(step, args.iters, max(1, args.warmup), device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+        how = "cuda max_memory_allocated above the built model"
+    else:
+        peak = _maxrss_bytes() - base
+        how = "peak RSS rise above the built model (getrusage)"
+    return {"train_step_s": seconds, "train_peak_mem_bytes": int(peak), "train_mem_measure": how}
+
+
+def _train_in_subprocess(op: str, args: argparse.Namespace) -> Dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "afa_d2.tools.benchmark", "--train-worker", op,
+        "--height", str(args.height), "--width", str(args.width), "--threads", str(args.threads),
+        "--iters", str(args.iters), "--warmup", str(args.warmup), "--model", args.model,
+        "--device", args.device, "--norm", args.norm, "--seed", str(args.seed),
+        "--detections-per-image", str(args.detections_per_image),
+        "--proposals", str(args.proposals),
+    ]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("training worker for {!r} failed:\n{}".format(op, proc.stderr[-4000:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -------------------------------------------------------------------------------------- report
+def _ratio(value: Optional[float], ref: Optional[float]) -> Optional[float]:
+    if value is None or not ref:
+        return None
+    return value / ref
+
+
+def add_ratios(results: Dict[str, Dict[str, Any]], ref_op: str) -> None:
+    keys = ["neck_params", "model_params", "neck_flops", "model_flops", "neck_latency_s",
+            "model_latency_s", "neck_gflops_per_s", "train_step_s", "train_peak_mem_bytes"]
+    ref = results[ref_op]
+    for r in results.values():
+        r["ratio_to"] = ref_op
+        for k in keys:
+            if k in r:
+                r[k + "_ratio"] = _ratio(r[k], ref.get(k))
+
+
+def format_table(results: Dict[str, Dict[str, Any]]) -> str:
+    """One row per operator; "(xR)" is the ratio to the reference operator (normally "sum")."""
+
+    def num(key: str, scale: float, digits: int):
+        def cell(r: Dict[str, Any]) -> str:
+            if key not in r:
+                return "-"
+            text = "{:.{}f}".format(r[key] / scale, digits)
+            ratio = r.get(key + "_ratio")
+            return text if ratio is None else "{} (x{:.2f})".format(text, ratio)
+
+        return cell
+
+    cols = [
+        ("op", lambda r: r["op"]),
+        ("neck params M", num("neck_params", 1e6, 2)),
+        ("model params M", num("model_params", 1e6, 2)),
+        ("neck GFLOPs", num("neck_flops", 1e9, 1)),
+        ("of which attn", lambda r: "{:.2f}".format(r["neck_sdpa_flops"] / 1e9)),
+        ("model GFLOPs", num("model_flops", 1e9, 1)),
+        ("neck ms", num("neck_latency_s", 1e-3, 1)),
+        ("neck GFLOP/s", num("neck_gflops_per_s", 1, 1)),
+        ("model ms", num("model_latency_s", 1e-3, 1)),
+        ("props/dets", lambda r: "{}/{}".format(r.get("proposals", "-"), r.get("detections", "-"))),
+    ]
+    if any("train_step_s" in r for r in results.values()):
+        cols += [
+            ("train step ms", num("train_step_s", 1e-3, 1)),
+            ("train peak MiB", num("train_peak_mem_bytes", 2 ** 20, 1)),
+        ]
+    rows = [[title for title, _ in cols]]
+    rows += [[cell(r) for _, cell in cols] for r in results.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m afa_d2.tools.benchmark",
+        description="Params, FLOPs, latency (and training cost) of the aggregation operators, "
+        "side by side (SPEC §7).",
+    )
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
+    p.add_argument("--height", type=int, default=800)
+    p.add_argument("--width", type=int, default=1333)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--iters", type=int, default=5, help="timed runs (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--model", choices=list(MODELS), default="mask_rcnn")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--norm", default="GN", help="bottom-up norm (random weights: not FrozenBN/BN)")
+    p.add_argument("--detections-per-image", type=int, default=100)
+    p.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept at test time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", action="store_true", help="also time a training step, peak memory")
+    p.add_argument("--skip-model-flops", action="store_true", help="skip tracing the whole model")
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.train_worker:
+        print(json.dumps(measure_train_step(args.train_worker, args)))
+        return {}
+    results: Dict[str, Dict[str, Any]] = {}
+    sum_model = _build("sum", args)  # its weights are shared by every variant
+    shared = sum_model.state_dict()
+    for op in args.ops:
+        results[op] = measure_inference(op, args, shared, sum_model if op == "sum" else None)
+        if args.train:
+            results[op].update(_train_in_subprocess(op, args))
+    add_ratios(results, "sum" if "sum" in results else args.ops[0])
+    print(
+        "{} {}x{}, batch 1, {} threads, device {}, {} iters (median); FLOPs = fvcore MACs, "
+        "attention counted".format(
+            args.model, args.height, args.width, torch.get_num_threads(), args.device, args.iters
+        )
+    )
+    print(format_table(results))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
