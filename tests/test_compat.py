@@ -87,18 +87,24 @@ def test_with_patches_mask_rcnn_modules_import_and_extension_ops_fail_clearly():
 
 
 def test_official_build_is_not_patched():
-    # Simulate an official build: a real (non stand-in) detectron2._C before afa_d2 loads.
+    # Simulate an official build: a real (non stand-in) detectron2._C before compat runs.
+    # compat.py is loaded on its own, since afa_d2's __init__ goes on to import detectron2's
+    # modules, which in v0.6 (what is installed here) need the patches.
     rc, out = _python("""
-        import sys, types
+        import importlib.util, sys, types
         sys.modules['detectron2._C'] = types.ModuleType('detectron2._C')
         from PIL import Image
         had_linear = hasattr(Image, 'LINEAR')
-        import afa_d2
-        print('applied', sorted(afa_d2.compat.APPLIED))
+        spec = importlib.util.spec_from_file_location('compat', {!r})
+        compat = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compat)
+        print('has extension', compat.has_extension())
+        print('applied', sorted(compat.apply()))
         print('linear', hasattr(Image, 'LINEAR') == had_linear)
         print('launch imported', 'detectron2.engine.launch' in sys.modules)
-    """)
+    """.format(compat.__file__))
     assert rc == 0, out
+    assert "has extension True" in out
     assert "applied []" in out
     assert "linear True" in out  # Pillow untouched
     assert "launch imported False" in out  # launch's worker untouched
