@@ -207,3 +207,33 @@ def test_bad_names_raise_value_error_naming_valid_ones():
     with pytest.raises(ValueError, match=r"num_heads=3"):
         build_aggregation("msca", C, num_heads=3)
     assert set(AGGREGATION_OPS) == {"sum", "concat", "mssa", "msca"}
+
+
+# ------------------------------------------- the fast path (default) against the straightforward one
+@pytest.mark.parametrize("name", ["mssa", "msca"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size,deep_size", [((97, 131), (49, 66)), ((13, 17), None)])
+def test_fast_operator_equals_reference_forward_and_backward(name, channels_last, size, deep_size):
+    from afa_d2.modeling.aggregation import use_reference_path
+
+    op = _randomize(build_aggregation(name, C, num_heads=HEADS, pool_stride=8), 7).train()
+    shapes = [(2, C) + size] + ([] if deep_size is None else [(2, C) + deep_size])
+    maps = _maps(8, *shapes)
+    if channels_last:
+        maps = [m.to(memory_format=torch.channels_last) for m in maps]
+    weight = _maps(9, (2, C) + size)[0]
+    outs, grads = [], []
+    for reference in (True, False):
+        assert use_reference_path(op, reference) is op and op.reference is reference
+        op.zero_grad(set_to_none=True)
+        inputs = [m.detach().clone().requires_grad_() for m in maps]
+        out = op(*inputs)
+        (out * weight).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad for x in inputs] + [p.grad for p in op.parameters()])
+    use_reference_path(op, False)
+    assert _max_err(outs[1], outs[0]) < 1e-4
+    assert outs[0].abs().mean() > 0.1
+    for g_fast, g_ref in zip(grads[1], grads[0]):
+        assert g_fast is not None and g_ref is not None
+        assert _max_err(g_fast, g_ref) < 1e-4 * max(1.0, g_ref.abs().max().item())

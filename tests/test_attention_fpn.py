@@ -257,3 +257,19 @@ def test_unknown_in_feature_and_non_contiguous_strides():
     with pytest.raises(ValueError, match=r"log2-contiguous"):
         AttentionFPN(StubBottomUp(), ["res2", "res4"], 16, pool_strides=(4, 2))
     assert math.log2(32) == 5
+
+
+@pytest.mark.parametrize("op", ["mssa", "msca"])
+def test_fast_neck_equals_reference_path_on_odd_size(op):
+    from afa_d2.modeling.aggregation import use_reference_path
+
+    torch.manual_seed(0)
+    model = _afpn(aggregation=op).eval()
+    x = torch.zeros(1, 3, 97, 131)  # res2 25x33 ... res5 4x5
+    with torch.no_grad():
+        fast = model(x)
+        ref = use_reference_path(model)(x)
+        use_reference_path(model, False)
+    for k in ref:
+        assert fast[k].shape == ref[k].shape == (1, 16) + _expected_sizes(97, 131)[k], k
+        assert (fast[k] - ref[k]).abs().max().item() < 1e-4, k

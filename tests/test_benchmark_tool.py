@@ -55,3 +55,18 @@ def test_tiny_side_by_side_run(tmp_path, capsys):
     assert s["detections"] == m["detections"] == 5
     assert s["neck_latency_s"] > 0 and m["model_latency_s"] > 0
     assert "mssa" in table and "(x1.00)" in table and "neck GFLOPs" in table
+
+
+def test_reference_variants_and_interleaved_timing():
+    assert benchmark.variant_names(["sum", "mssa", "concat", "msca"], True) == [
+        "sum", "mssa", "mssa:ref", "concat", "msca", "msca:ref"]
+    assert benchmark.variant_names(["sum", "mssa"], False) == ["sum", "mssa"]
+    assert benchmark.split_variant("msca:ref") == ("msca", True)
+    assert benchmark.split_variant("msca") == ("msca", False)
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    times = benchmark.time_interleaved(fns, iters=3, warmup=1, device=torch.device("cpu"))
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert order == list("abc") + list("abc") + list("bca") + list("cab")  # warmup, then rotated
+    args = benchmark.parse_args(["--reference", "--train-rounds", "3"])
+    assert args.reference and args.train_rounds == 3

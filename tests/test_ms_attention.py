@@ -103,3 +103,68 @@ def test_channels_last_and_autocast_bf16():
 def test_bad_arguments_raise_value_error(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         MSAttention(16, **kwargs)
+
+
+# ------------------------------------------------- the fast path against the straightforward one
+def _randomized(attn, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in attn.named_parameters():
+            base = 1.0 if name.endswith("weight") and p.dim() == 1 else 0.0
+            p.copy_(base + 0.3 * torch.randn(p.shape, generator=g))
+    return attn
+
+
+@pytest.mark.parametrize("pooling", ["multi_scale", "single_scale", "adaptive"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size,kv_size", [((97, 131), None), ((12, 9), (5, 7)), ((1, 1), None)])
+def test_fast_forward_equals_reference(pooling, channels_last, size, kv_size):
+    attn = _randomized(MSAttention(16, 4, pooling=pooling, pool_stride=8)).eval()
+    g = torch.Generator().manual_seed(1)
+    xq = torch.randn(2, 16, *size, generator=g)
+    xkv = None if kv_size is None else torch.randn(2, 16, *kv_size, generator=g)
+    if channels_last:
+        xq = xq.to(memory_format=torch.channels_last)
+        xkv = None if xkv is None else xkv.to(memory_format=torch.channels_last)
+    xq_before = xq.clone()
+    with torch.no_grad():
+        want = attn.forward_reference(xq, xkv)
+        got = attn(xq, xkv)
+    assert got.shape == want.shape == (2, 16) + size
+    assert got.is_contiguous(memory_format=torch.channels_last)  # a view of the tokens
+    assert (got - want).abs().max().item() < 1e-4, (got - want).abs().max().item()
+    assert want.abs().mean().item() > 0.1
+    assert torch.equal(xq, xq_before)  # in-place residuals never touch the input
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_gradients_equal_reference(channels_last):
+    attn = _randomized(MSAttention(16, 4, pool_stride=4), 2).train()
+    g = torch.Generator().manual_seed(3)
+    xq, xkv = torch.randn(2, 16, 13, 11, generator=g), torch.randn(2, 16, 7, 6, generator=g)
+    w = torch.randn(2, 16, 13, 11, generator=g)  # a loss that weighs every output differently
+    grads = []
+    for fn in (attn.forward_reference, attn.forward):
+        attn.zero_grad(set_to_none=True)
+        a, b = xq.clone().requires_grad_(), xkv.clone().requires_grad_()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        (fn(a.to(memory_format=fmt), b.to(memory_format=fmt)) * w).sum().backward()
+        grads.append({"x_q": a.grad, "x_kv": b.grad, **{n: p.grad for n, p in attn.named_parameters()}})
+    ref, fast = grads
+    for name in ref:
+        assert fast[name] is not None, "no gradient for {}".format(name)
+        err = (fast[name] - ref[name]).abs().max().item()
+        assert err < 1e-4 * max(1.0, ref[name].abs().max().item()), "{}: {}".format(name, err)
+
+
+def test_tokens_round_trip_without_copies():
+    from afa_d2.modeling.ms_attention import from_tokens, to_tokens
+
+    x = torch.randn(2, 8, 5, 7).to(memory_format=torch.channels_last)
+    t = to_tokens(x)
+    assert t.shape == (2, 35, 8) and t.data_ptr() == x.data_ptr()  # a view
+    assert torch.equal(t, x.flatten(2).transpose(1, 2))
+    back = from_tokens(t, (5, 7))
+    assert back.data_ptr() == x.data_ptr() and torch.equal(back, x)
+    plain = torch.randn(2, 8, 5, 7)
+    assert torch.equal(to_tokens(plain), plain.flatten(2).transpose(1, 2))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
 from torch import Tensor, nn
 
-from .ms_attention import MSAttention
+from .ms_attention import MSAttention, _add_residual, add_tokens, from_tokens, to_tokens, token_view
 
 __all__ = [
     "AGGREGATION_OPS",
@@ -40,6 +40,7 @@ __all__ = [
     "MSCAAggregation",
     "build_aggregation",
     "resize_to",
+    "use_reference_path",
 ]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -155,6 +156,20 @@ class _AttentionAggregation(Aggregation):
             adaptive_pool_size=adaptive_pool_size,
             mlp_ratio=mlp_ratio,
         )
+        self.reference = False  # True: the straightforward path (tests, ``benchmark --reference``)
+
+    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        if self.reference:
+            return self.forward_reference(lateral, top_down)
+        return self.forward_fast(lateral, top_down)
+
+    def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        """The operator in channels-last tokens; returns a channels_last (N, C, H, W) view."""
+        raise NotImplementedError
+
+    def forward_reference(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        """The operator as the equations read, with :meth:`MSAttention.forward_reference`."""
+        raise NotImplementedError
 
 
 class MSSAAggregation(_AttentionAggregation):
@@ -163,9 +178,17 @@ class MSSAAggregation(_AttentionAggregation):
     Top level: ``P = MS-Att(F)``. Args as :class:`MSAttention`, plus ``upsample_mode``.
     """
 
-    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+    def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        if top_down is None:
+            return self.attn(lateral)  # eq. (2)
+        h, w = int(lateral.shape[-2]), int(lateral.shape[-1])
+        # eq. (1) in tokens: (N, H*W, C), contiguous whatever the inputs' memory formats
+        r = add_tokens(token_view(lateral), token_view(self.up(top_down, lateral)))
+        return from_tokens(self.attn.forward_tokens(r, (h, w), from_tokens(r, (h, w))), (h, w))  # eq. (2)
+
+    def forward_reference(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         r = lateral if top_down is None else lateral + self.up(top_down, lateral)  # eq. (1)
-        return self.attn(r)  # eq. (2)
+        return self.attn.forward_reference(r)  # eq. (2)
 
 
 class MSCAAggregation(_AttentionAggregation):
@@ -174,9 +197,32 @@ class MSCAAggregation(_AttentionAggregation):
     Top level: ``P = F + MS-Att(F, F)``. Args as :class:`MSAttention`, plus ``upsample_mode``.
     """
 
-    def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+    def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        h, w = int(lateral.shape[-2]), int(lateral.shape[-1])
         kv = lateral if top_down is None else self.up(top_down, lateral)
-        return lateral + self.attn(lateral, kv)  # eqs. (3)-(4)
+        f = to_tokens(lateral)  # (N, H*W, C)
+        s = self.attn.forward_tokens(f, (h, w), kv)  # eq. (3), (N, H*W, C), a fresh tensor
+        # eq. (4): F_i + S_i, in place; S_i = f + mlp, so ((mlp + f) + f) equals f + (f + mlp)
+        s = _add_residual(s, f)
+        return from_tokens(s, (h, w))
+
+    def forward_reference(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        kv = lateral if top_down is None else self.up(top_down, lateral)
+        return lateral + self.attn.forward_reference(lateral, kv)  # eqs. (3)-(4)
+
+
+def use_reference_path(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every MSSA / MSCA operator in ``module`` to (or back from) the straightforward path.
+
+    The straightforward path (:meth:`MSAttention.forward_reference`: NCHW in and out,
+    out-of-place) computes the same operator with the same weights as the default fast path
+    (channels-last tokens, in-place residuals); it is kept to test and benchmark the fast one.
+    Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, _AttentionAggregation):
+            m.reference = bool(enabled)
+    return module
 
 
 AGGREGATION_OPS: Dict[str, Type[Aggregation]] = {

@@ -12,6 +12,14 @@ Where each piece comes from:
   depth-wise 3x3 conv on the query's H x W grid (the position encoding), GELU, FC (2C -> C),
   used in eq. 7 ``p_q = f_q + DW-MLP(LN(f_q + Att))``. The LayerNorm before the MLP is
   PVTv2's pre-norm; the paper does not state it (SPEC §3, step 4).
+
+Two paths compute the same operator with the same weights. :meth:`MSAttention.forward` (the
+default) works in channels-last tokens end to end: NCHW <-> (N, H*W, C) tokens is a view for
+channels_last maps (its output is one), the depth-wise conv runs on a channels_last view of the
+hidden tokens, and the residual adds are in place on fresh linear outputs.
+:meth:`MSAttention.forward_reference` is the straightforward transcription (NCHW in and out,
+transposes, out-of-place adds), kept to test the fast path against (fp32, 1e-4) and to
+benchmark it (``python -m afa_d2.tools.benchmark --reference``).
 """
 from __future__ import annotations
 
@@ -22,7 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MSAttention", "DWMLP", "POOLING_TYPES", "pool_tokens"]
+__all__ = [
+    "MSAttention",
+    "DWMLP",
+    "POOLING_TYPES",
+    "pool_tokens",
+    "to_tokens",
+    "token_view",
+    "from_tokens",
+    "add_tokens",
+]
 
 POOLING_TYPES = ("multi_scale", "single_scale", "adaptive")
 
@@ -71,6 +88,48 @@ def pool_tokens(
     return torch.cat([p.flatten(2) for p in pooled], dim=2).transpose(1, 2)
 
 
+def to_tokens(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> tokens (N, H*W, C), row-major over the grid.
+
+    Contiguous: a view (no copy) when ``x`` is channels_last, one copy otherwise.
+    """
+    return token_view(x).contiguous()
+
+
+def token_view(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> tokens (N, H*W, C) as a view, contiguous only if ``x`` is channels_last."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # (N, H*W, C)
+
+
+def add_tokens(a: Tensor, b: Tensor) -> Tensor:
+    """``a + b`` of two (N, L, C) token tensors, as contiguous tokens whatever their strides.
+
+    The sum takes the layout of its first contiguous operand, so no copy follows when either
+    one is contiguous (addition commutes: the values do not depend on the order).
+    """
+    if b.is_contiguous() and not a.is_contiguous():
+        a, b = b, a
+    return (a + b).contiguous()
+
+
+def from_tokens(x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+    """Tokens (N, H*W, C) -> (N, C, H, W): a channels_last view of contiguous tokens, no copy."""
+    n, _, c = x.shape
+    h, w = feat_size
+    return x.reshape(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W)
+
+
+def _add_residual(x: Tensor, residual: Tensor) -> Tensor:
+    """``x + residual``, in place on ``x`` (a fresh linear output) where autograd allows it.
+
+    The result is the same: addition is commutative in floating point.
+    """
+    if x.dtype != residual.dtype or (residual.requires_grad and not x.requires_grad):
+        return x + residual
+    return x.add_(residual)
+
+
 class DWMLP(nn.Module):
     """PVTv2's MLP with a depth-wise convolution: FC, DW-conv 3x3, GELU, FC.
 
@@ -95,6 +154,18 @@ class DWMLP(nn.Module):
         Returns:
             Tensor of shape (N, H*W, C).
         """
+        n = x.shape[0]
+        h, w = feat_size
+        x = self.fc1(x)  # (N, H*W, hidden), contiguous
+        hidden = x.shape[-1]
+        # (N, H, W, hidden) permuted to (N, hidden, H, W): a channels_last view, no copy; the
+        # depth-wise conv keeps channels_last, so its output is again a view of tokens
+        x = self.dwconv(x.view(n, h, w, hidden).permute(0, 3, 1, 2))
+        x = x.permute(0, 2, 3, 1).reshape(n, h * w, hidden)  # (N, H*W, hidden)
+        return self.fc2(self.act(x))
+
+    def forward_reference(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        """The straightforward :meth:`forward` (NCHW transposes), for tests and benchmarks."""
         n = x.shape[0]
         h, w = feat_size
         x = self.fc1(x)  # (N, H*W, hidden)
@@ -220,6 +291,53 @@ class MSAttention(nn.Module):
     def forward(self, x_q: Tensor, x_kv: Optional[Tensor] = None) -> Tensor:
         """
         Args:
+            x_q: Tensor of shape (N, C, H, W), the query source; channels_last avoids a copy.
+            x_kv: Tensor of shape (N, C, H', W'), the key/value source; ``None`` means
+                ``x_q`` (self-attention).
+
+        Returns:
+            p_q: Tensor of shape (N, C, H, W), eq. (7), a channels_last view of the tokens.
+        """
+        h, w = int(x_q.shape[-2]), int(x_q.shape[-1])
+        p_q = self.forward_tokens(to_tokens(x_q), (h, w), x_q if x_kv is None else x_kv)
+        return from_tokens(p_q, (h, w))
+
+    def forward_tokens(self, f_q: Tensor, feat_size: Tuple[int, int], x_kv: Tensor) -> Tensor:
+        """MS-Att on query tokens: the fast path of :meth:`forward`.
+
+        Args:
+            f_q: Tensor of shape (N, H*W, C), query tokens in row-major order of the grid
+                (see :func:`to_tokens`); not modified.
+            feat_size: (H, W) of the query grid.
+            x_kv: Tensor of shape (N, C, H', W'), the key/value source.
+
+        Returns:
+            p_q: Tensor of shape (N, H*W, C), eq. (7), contiguous.
+        """
+        n, hw, c = f_q.shape
+        f_kv = self.kv_tokens(x_kv)  # (N, M, C)
+        m = f_kv.shape[1]
+
+        q = self.q(self.norm_q(f_q))  # (N, H*W, C)
+        q = q.view(n, hw, self.num_heads, self.head_dim).transpose(1, 2)  # (N, heads, H*W, C/heads), a view
+        kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C)
+        kv = kv.view(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
+        k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
+        if q.dtype != k.dtype:  # autocast may leave them apart
+            k, v = k.to(q.dtype), v.to(q.dtype)
+
+        att = F.scaled_dot_product_attention(q, k, v)  # (N, heads, H*W, C/heads)
+        att = att.transpose(1, 2).reshape(n, hw, c)  # (N, H*W, C); a view for the CPU/flash layouts
+        x = self.proj(att)
+        x = _add_residual(x, f_q)  # eq. (7), inner sum f_q + Att
+        return _add_residual(self.mlp(self.norm_mlp(x), feat_size), f_q)  # (N, H*W, C)
+
+    def forward_reference(self, x_q: Tensor, x_kv: Optional[Tensor] = None) -> Tensor:
+        """The straightforward MS-Att (NCHW in and out, out-of-place), for tests and benchmarks.
+
+        Same operator and weights as :meth:`forward`, written as the equations read.
+
+        Args:
             x_q: Tensor of shape (N, C, H, W), the query source.
             x_kv: Tensor of shape (N, C, H', W'), the key/value source; ``None`` means
                 ``x_q`` (self-attention).
@@ -247,7 +365,7 @@ class MSAttention(nn.Module):
         att = self.proj(att)
 
         x = f_q + att  # eq. (7), inner sum
-        p_q = f_q + self.mlp(self.norm_mlp(x), (h, w))  # (N, H*W, C)
+        p_q = f_q + self.mlp.forward_reference(self.norm_mlp(x), (h, w))  # (N, H*W, C)
         return p_q.transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
 
 

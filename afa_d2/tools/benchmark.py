@@ -12,7 +12,14 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
   ratio to "sum", and the neck's achieved GFLOP/s;
 * with ``--train``: one training step's time and peak memory (CUDA: ``max_memory_allocated``;
   CPU: the rise of the process's peak RSS over the built model, one subprocess per operator so
-  the peaks do not mix).
+  the peaks do not mix);
+* with ``--reference``: "mssa:ref" / "msca:ref" beside "mssa" / "msca", the same models (same
+  weights) run on the straightforward path (:func:`~afa_d2.modeling.aggregation.use_reference_path`),
+  the before/after of the fast path.
+
+Timing is interleaved: every timed repetition runs each variant once, in an order rotated from
+one repetition to the next, so a load change on a shared machine hits every variant alike; the
+median is reported, and the spread ((max - min) / median over the repetitions) beside it.
 
 The weights are random (nothing is downloaded): the bottom-up uses ``--norm`` (GN by default;
 FrozenBN or BN in eval mode at random init blow the activations up to ~1e4 and leave a handful
@@ -40,6 +47,31 @@ from torch import nn
 
 OPS = ("sum", "concat", "mssa", "msca")
 MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
+ATTENTION_OPS = ("mssa", "msca")
+REF_SUFFIX = ":ref"
+
+
+def variant_names(ops: Sequence[str], reference: bool) -> List[str]:
+    """The variants measured: ``ops``, plus "<op>:ref" after each attention op with ``reference``."""
+    names: List[str] = []
+    for op in ops:
+        names.append(op)
+        if reference and op in ATTENTION_OPS:
+            names.append(op + REF_SUFFIX)
+    return names
+
+
+def split_variant(name: str):
+    """"mssa:ref" -> ("mssa", True); "mssa" -> ("mssa", False)."""
+    if name.endswith(REF_SUFFIX):
+        return name[: -len(REF_SUFFIX)], True
+    return name, False
+
+
+def _set_reference(model: nn.Module, reference: bool) -> None:
+    from afa_d2.modeling.aggregation import use_reference_path
+
+    use_reference_path(model, reference)
 
 
 # --------------------------------------------------------------------------------------- FLOPs
@@ -147,18 +179,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_once(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _time(fn, iters: int, warmup: int, device: torch.device) -> float:
     """Median seconds of ``fn()`` over ``iters`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(max(1, iters)):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_time_once(fn, device) for _ in range(max(1, iters)))
+
+
+def time_interleaved(
+    fns: Dict[str, Any], iters: int, warmup: int, device: torch.device
+) -> Dict[str, List[float]]:
+    """Seconds of each ``fns[name]()``, interleaved: every repetition runs each once.
+
+    The order is rotated by one from a repetition to the next, so no variant always runs
+    first (or right after a heavier one). Returns name -> the ``iters`` timings.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for it in range(max(1, iters)):
+        k = it % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(_time_once(fns[name], device))
+    return times
+
+
+def _spread(times: Sequence[float]) -> float:
+    """(max - min) / median."""
+    med = statistics.median(times)
+    return (max(times) - min(times)) / med if med > 0 else 0.0
 
 
 def _image(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -179,53 +238,82 @@ def shared_state_dict(args: argparse.Namespace) -> Dict[str, torch.Tensor]:
 
 
 def measure_inference(
-    op: str,
+    names: Sequence[str],
     args: argparse.Namespace,
     shared_state: Optional[Dict[str, torch.Tensor]] = None,
-    model: Optional[nn.Module] = None,
-) -> Dict[str, Any]:
-    """Parameters, FLOPs and inference latency of one operator (``model``: already built)."""
+    sum_model: Optional[nn.Module] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Parameters, FLOPs and (interleaved) inference latency of the variants ``names``.
+
+    A variant is an operator ("mssa") or its straightforward path ("mssa:ref", the same model
+    object, so the same weights). ``sum_model``: the already built "sum" model.
+    """
     device = torch.device(args.device)
-    if model is None:
-        model = _build(op, args, shared_state)
-    model = model.to(device).eval()
-    neck = model.backbone
     image = _image(args.height, args.width, device)
-    res: Dict[str, Any] = {
-        "op": op,
-        "neck_params": _params(neck) - _params(neck.bottom_up),
-        "model_params": _params(model),
-    }
+    models: Dict[str, nn.Module] = {}
+    results: Dict[str, Dict[str, Any]] = {}
+    neck_fns: Dict[str, Any] = {}
+    model_fns: Dict[str, Any] = {}
+    counts: Dict[str, Dict[str, int]] = {}
+    inputs = [{"image": image, "height": args.height, "width": args.width}]
     with torch.no_grad():
-        # The model pads to size_divisibility itself; the neck gets the same padded input.
-        images = model.preprocess_image([{"image": image}])
-        feats = neck.bottom_up(images.tensor)
-        feat_list = tuple(feats[f] for f in neck.in_features)
+        for name in names:
+            op, reference = split_variant(name)
+            if op not in models:
+                built = sum_model if op == "sum" and sum_model is not None else _build(op, args, shared_state)
+                models[op] = built.to(device).eval()
+            model = models[op]
+            neck = model.backbone
+            _set_reference(model, reference)
+            res: Dict[str, Any] = {
+                "op": name,
+                "neck_params": _params(neck) - _params(neck.bottom_up),
+                "model_params": _params(model),
+            }
+            # The model pads to size_divisibility itself; the neck gets the same padded input.
+            images = model.preprocess_image([{"image": image}])
+            feats = neck.bottom_up(images.tensor)
+            feat_list = tuple(feats[f] for f in neck.in_features)
+            neck_flops = flop_analysis(_NeckOnly(neck).eval(), feat_list)
+            res["neck_flops"] = int(neck_flops.total())
+            res["neck_sdpa_flops"] = int(neck_flops.by_operator().get("scaled_dot_product_attention", 0))
+            if not args.skip_model_flops:
+                model_flops = flop_analysis(_InferenceOnly(model).eval(), (image,))
+                res["model_flops"] = int(model_flops.total())
+                res["model_sdpa_flops"] = int(
+                    model_flops.by_operator().get("scaled_dot_product_attention", 0)
+                )
+            results[name] = res
+            counts[name] = {}
 
-        neck_flops = flop_analysis(_NeckOnly(neck).eval(), feat_list)
-        res["neck_flops"] = int(neck_flops.total())
-        res["neck_sdpa_flops"] = int(neck_flops.by_operator().get("scaled_dot_product_attention", 0))
-        if not args.skip_model_flops:
-            model_flops = flop_analysis(_InferenceOnly(model).eval(), (image,))
-            res["model_flops"] = int(model_flops.total())
-            res["model_sdpa_flops"] = int(
-                model_flops.by_operator().get("scaled_dot_product_attention", 0)
-            )
-        res["neck_latency_s"] = _time(lambda: neck.aggregate(feats), args.iters, args.warmup, device)
-        inputs = [{"image": image, "height": args.height, "width": args.width}]
-        counts: Dict[str, int] = {}
-        hook = model.proposal_generator.register_forward_hook(
-            lambda m, i, o: counts.__setitem__("proposals", len(o[0][0]))
-        )
+            def run_neck(model=model, neck=neck, feats=feats, reference=reference):
+                _set_reference(model, reference)
+                neck.aggregate(feats)
 
-        def run():
-            counts["detections"] = len(model(inputs)[0]["instances"])
+            def run_model(model=model, reference=reference, c=counts[name]):
+                _set_reference(model, reference)
+                hook = model.proposal_generator.register_forward_hook(
+                    lambda m, i, o: c.__setitem__("proposals", len(o[0][0]))
+                )
+                try:
+                    c["detections"] = len(model(inputs)[0]["instances"])
+                finally:
+                    hook.remove()
 
-        res["model_latency_s"] = _time(run, args.iters, args.warmup, device)
-        hook.remove()
-        res.update(counts)
-    res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
-    return res
+            neck_fns[name] = run_neck
+            model_fns[name] = run_model
+        neck_times = time_interleaved(neck_fns, args.iters, args.warmup, device)
+        model_times = time_interleaved(model_fns, args.iters, args.warmup, device)
+    for name, res in results.items():
+        res["neck_latency_s"] = statistics.median(neck_times[name])
+        res["neck_latency_spread"] = _spread(neck_times[name])
+        res["model_latency_s"] = statistics.median(model_times[name])
+        res["model_latency_spread"] = _spread(model_times[name])
+        res.update(counts[name])
+        res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
+    for model in models.values():
+        _set_reference(model, False)
+    return results
 
 
 # ----------------------------------------------------------------------------------- training
@@ -253,10 +341,12 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def measure_train_step(op: str, args: argparse.Namespace) -> Dict[str, Any]:
-    """Training step time and peak memory of one operator, in this process."""
+def measure_train_step(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Training step time and peak memory of one variant ("mssa", "mssa:ref"), in this process."""
     device = torch.device(args.device)
+    op, reference = split_variant(name)
     model = _build(op, args, shared_state_dict(args)).to(device).train()
+    _set_reference(model, reference)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = _train_batch(args.height, args.width, device)
 
@@ -286,9 +376,9 @@ def measure_train_step(op: str, args: argparse.Namespace) -> Dict[str, Any]:
     return {"train_step_s": seconds, "train_peak_mem_bytes": int(peak), "train_mem_measure": how}
 
 
-def _train_in_subprocess(op: str, args: argparse.Namespace) -> Dict[str, Any]:
+def _train_in_subprocess(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     cmd = [
-        sys.executable, "-m", "afa_d2.tools.benchmark", "--train-worker", op,
+        sys.executable, "-m", "afa_d2.tools.benchmark", "--train-worker", name,
         "--height", str(args.height), "--width", str(args.width), "--threads", str(args.threads),
         "--iters", str(args.iters), "--warmup", str(args.warmup), "--model", args.model,
         "--device", args.device, "--norm", args.norm, "--seed", str(args.seed),
@@ -297,8 +387,32 @@ def _train_in_subprocess(op: str, args: argparse.Namespace) -> Dict[str, Any]:
     ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError("training worker for {!r} failed:\n{}".format(op, proc.stderr[-4000:]))
+        raise RuntimeError("training worker for {!r} failed:\n{}".format(name, proc.stderr[-4000:]))
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_training(names: Sequence[str], args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """Training step time and peak memory of each variant, one subprocess per variant and round.
+
+    ``args.train_rounds`` rounds run every variant once each, in a rotated order; the median
+    over rounds (of each round's median step time, and of its peak memory) is reported.
+    """
+    runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in names}
+    names = list(names)
+    for r in range(max(1, args.train_rounds)):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            runs[name].append(_train_in_subprocess(name, args))
+    out = {}
+    for name, rs in runs.items():
+        times = [x["train_step_s"] for x in rs]
+        out[name] = {
+            "train_step_s": statistics.median(times),
+            "train_step_spread": _spread(times),
+            "train_peak_mem_bytes": int(statistics.median(x["train_peak_mem_bytes"] for x in rs)),
+            "train_mem_measure": rs[0]["train_mem_measure"],
+        }
+    return out
 
 
 # -------------------------------------------------------------------------------------- report
@@ -328,7 +442,10 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
                 return "-"
             text = "{:.{}f}".format(r[key] / scale, digits)
             ratio = r.get(key + "_ratio")
-            return text if ratio is None else "{} (x{:.2f})".format(text, ratio)
+            if ratio is not None:
+                text = "{} (x{:.2f})".format(text, ratio)
+            spread = r.get(key[:-2] + "_spread") if key.endswith("_s") else None
+            return text if spread is None else "{} ±{:.0f}%".format(text, 50 * spread)
 
         return cell
 
@@ -364,10 +481,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "side by side (SPEC §7).",
     )
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
+    p.add_argument("--reference", action="store_true",
+                   help="also run mssa/msca on the straightforward path (\"<op>:ref\"), same weights")
     p.add_argument("--height", type=int, default=800)
     p.add_argument("--width", type=int, default=1333)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--iters", type=int, default=5, help="timed runs (median reported)")
+    p.add_argument("--iters", type=int, default=5,
+                   help="timed repetitions, each running every variant once (median reported)")
+    p.add_argument("--train-rounds", type=int, default=1,
+                   help="with --train: rounds of one worker per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--model", choices=list(MODELS), default="mask_rcnn")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -389,17 +511,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     if args.train_worker:
         print(json.dumps(measure_train_step(args.train_worker, args)))
         return {}
-    results: Dict[str, Dict[str, Any]] = {}
+    names = variant_names(args.ops, args.reference)
     sum_model = _build("sum", args)  # its weights are shared by every variant
-    shared = sum_model.state_dict()
-    for op in args.ops:
-        results[op] = measure_inference(op, args, shared, sum_model if op == "sum" else None)
-        if args.train:
-            results[op].update(_train_in_subprocess(op, args))
+    results = measure_inference(names, args, sum_model.state_dict(), sum_model)
+    if args.train:
+        for name, res in measure_training(names, args).items():
+            results[name].update(res)
     add_ratios(results, "sum" if "sum" in results else args.ops[0])
     print(
-        "{} {}x{}, batch 1, {} threads, device {}, {} iters (median); FLOPs = fvcore MACs, "
-        "attention counted".format(
+        "{} {}x{}, batch 1, {} threads, device {}, {} interleaved iters (median, ±half the "
+        "max-min spread); FLOPs = fvcore MACs, attention counted".format(
             args.model, args.height, args.width, torch.get_num_threads(), args.device, args.iters
         )
     )
