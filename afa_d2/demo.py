@@ -38,7 +38,7 @@ DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL = 2000, 200
 # Time kept aside (seconds) for building the loaders, saving, and drawing the PNG.
 _OVERHEAD_S = 25.0
 # Fraction of the remaining budget given to training: slack for timing noise.
-_SAFETY = 0.88
+_SAFETY = 0.92
 
 
 def default_config_file() -> str:
