@@ -45,7 +45,8 @@ model.backbone.bottom_up = L(ResNet)(
 model.backbone.aggregation = "sum"
 model.backbone.out_channels = 64
 
-# Heads read the pyramid's channels.
+# Heads read the pyramid's channels (absolute references: the cascade config moves the box head
+# into a list, one level deeper).
 model.proposal_generator.head.in_channels = "${...backbone.out_channels}"
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 model.proposal_generator.pre_nms_topk = (1000, 500)
@@ -53,12 +54,12 @@ model.proposal_generator.post_nms_topk = (500, 300)
 model.roi_heads.num_classes = 13  # 10 shapes + 3 context markers
 model.roi_heads.batch_size_per_image = 128
 model.roi_heads.box_head.input_shape = L(ShapeSpec)(
-    channels="${....backbone.out_channels}", height=7, width=7
+    channels="${model.backbone.out_channels}", height=7, width=7
 )
 model.roi_heads.box_head.fc_dims = [256, 256]
 model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
 model.roi_heads.mask_head.input_shape = L(ShapeSpec)(
-    channels="${....backbone.out_channels}", height=14, width=14
+    channels="${model.backbone.out_channels}", height=14, width=14
 )
 model.roi_heads.mask_head.conv_dims = [64, 64]  # one 3x3 conv, then the 2x deconv
 
