@@ -10,9 +10,11 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
   detector (detectron2's LazyConfig ``common/models/mask_rcnn_fpn.py`` or ``cascade_rcnn.py``
   with the FPN replaced by :class:`~afa_d2.modeling.AttentionFPN`), batch 1; each also as a
   ratio to "sum", and the neck's achieved GFLOP/s;
-* with ``--train``: one training step's time and peak memory (CUDA: ``max_memory_allocated``;
-  CPU: the rise of the process's peak RSS over the built model, one subprocess per operator so
-  the peaks do not mix);
+* with ``--train``: the training step's time and peak memory, each variant in fresh subprocesses
+  so the peaks do not mix (CUDA: ``max_memory_allocated``; CPU: the peak RSS above the process
+  before the model was built, with glibc made to unmap freed blocks so that RSS follows the live
+  tensors). ``--train-config configs/shapes/mask_rcnn_R_18_sum.py`` measures on that config's
+  model, optimizer and data (the operator set per variant); ``--train-only`` skips inference;
 * with ``--reference``: "mssa:ref" / "msca:ref" beside "mssa" / "msca", the same models (same
   weights) run on the straightforward path (:func:`~afa_d2.modeling.aggregation.use_reference_path`),
   the before/after of the fast path.
@@ -341,18 +343,65 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def measure_train_step(name: str, args: argparse.Namespace) -> Dict[str, Any]:
-    """Training step time and peak memory of one variant ("mssa", "mssa:ref"), in this process."""
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# glibc malloc keeps freed blocks (and raises its mmap threshold after the first large free), so
+# the process's RSS would stay at its first peak: the memory worker runs with a fixed, low mmap
+# threshold, so that every tensor-sized block is mapped on allocation and unmapped on free, and
+# the peak RSS follows the peak of live tensors. (Slower: the time worker runs without it.)
+_MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def _config_training_setup(op: str, args: argparse.Namespace, device: torch.device):
+    """The model, optimizer and first batches of the LazyConfig ``args.train_config``, with
+    ``model.backbone.aggregation = op``; the same seed (weights of the common parts, data) for
+    every operator."""
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(args.train_config)
+    cfg.model.backbone.aggregation = op
+    cfg.dataloader.train.num_workers = 0  # no worker processes in the measured process
+    torch.manual_seed(args.seed)
+    model = instantiate(cfg.model).to(device).train()
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    loader = iter(instantiate(cfg.dataloader.train))
+    batches = [next(loader) for _ in range(max(1, args.warmup) + max(1, args.iters))]
+    del loader
+    return model, optimizer, batches
+
+
+def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time") -> Dict[str, Any]:
+    """One variant's ("mssa", "mssa:ref") training step time (``measure="time"``) or peak memory
+    (``measure="memory"``), in this process.
+
+    With ``args.train_config``, the config's model and optimizer train on its first batches;
+    otherwise the benchmark's detector (``--model``) trains with AdamW on one synthetic image of
+    ``--height`` x ``--width``. Peak memory is the whole of training (weights, gradients, optimizer
+    state, activations): CUDA ``max_memory_allocated``; CPU, the peak RSS above the process before
+    the model was built (run it under ``_MEMORY_WORKER_ENV``, see there).
+    """
     device = torch.device(args.device)
     op, reference = split_variant(name)
-    model = _build(op, args, shared_state_dict(args)).to(device).train()
+    base = _rss_bytes() if device.type == "cpu" else 0
+    if args.train_config:
+        model, optimizer, batches = _config_training_setup(op, args, device)
+    else:
+        model = _build(op, args, shared_state_dict(args)).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batches = [_train_batch(args.height, args.width, device)]
     _set_reference(model, reference)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = _train_batch(args.height, args.width, device)
 
     from detectron2.utils.events import EventStorage
 
+    position = [0]
+
     def step():
+        batch = batches[position[0] % len(batches)]
+        position[0] += 1
         with EventStorage():  # detectron2's heads log training statistics there
             losses = model(batch)
         loss = sum(losses.values())
@@ -360,53 +409,62 @@ def measure_train_step(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         loss.backward()
         optimizer.step()
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = _maxrss_bytes()
+    if measure == "memory":
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(max(1, args.warmup) + 1):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            how = "cuda max_memory_allocated"
+        else:
+            peak = _maxrss_bytes() - base
+            how = "peak RSS above the process before the model was built (glibc mmap threshold 16 KiB)"
+        return {"train_peak_mem_bytes": int(peak), "train_mem_measure": how}
     seconds = _time(step, args.iters, max(1, args.warmup), device)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - base
-        how = "cuda max_memory_allocated above the built model"
-    else:
-        peak = _maxrss_bytes() - base
-        how = "peak RSS rise above the built model (getrusage)"
-    return {"train_step_s": seconds, "train_peak_mem_bytes": int(peak), "train_mem_measure": how}
+    return {"train_step_s": seconds}
 
 
-def _train_in_subprocess(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+def _train_in_subprocess(name: str, args: argparse.Namespace, measure: str) -> Dict[str, Any]:
     cmd = [
-        sys.executable, "-m", "afa_d2.tools.benchmark", "--train-worker", name,
+        sys.executable, "-m", "afa_d2.tools.benchmark", "--train-worker", name, "--train-measure", measure,
         "--height", str(args.height), "--width", str(args.width), "--threads", str(args.threads),
         "--iters", str(args.iters), "--warmup", str(args.warmup), "--model", args.model,
         "--device", args.device, "--norm", args.norm, "--seed", str(args.seed),
         "--detections-per-image", str(args.detections_per_image),
         "--proposals", str(args.proposals),
     ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if args.train_config:
+        cmd += ["--train-config", args.train_config]
+    env = dict(os.environ, **(_MEMORY_WORKER_ENV if measure == "memory" else {}))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError("training worker for {!r} failed:\n{}".format(name, proc.stderr[-4000:]))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure_training(names: Sequence[str], args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
-    """Training step time and peak memory of each variant, one subprocess per variant and round.
+    """Training step time and peak memory of each variant, each in a fresh subprocess.
 
-    ``args.train_rounds`` rounds run every variant once each, in a rotated order; the median
-    over rounds (of each round's median step time, and of its peak memory) is reported.
+    ``args.train_rounds`` rounds run every variant once each, in a rotated order (a time worker,
+    then a memory worker); the median over rounds (of each round's median step time, and of its
+    peak memory) is reported.
     """
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in names}
     names = list(names)
     for r in range(max(1, args.train_rounds)):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            runs[name].append(_train_in_subprocess(name, args))
+            res = _train_in_subprocess(name, args, "time")
+            res.update(_train_in_subprocess(name, args, "memory"))
+            runs[name].append(res)
     out = {}
     for name, rs in runs.items():
         times = [x["train_step_s"] for x in rs]
         out[name] = {
+            "op": name,
             "train_step_s": statistics.median(times),
             "train_step_spread": _spread(times),
             "train_peak_mem_bytes": int(statistics.median(x["train_peak_mem_bytes"] for x in rs)),
@@ -449,23 +507,28 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
 
         return cell
 
+    def attn(r: Dict[str, Any]) -> str:
+        return "{:.2f}".format(r["neck_sdpa_flops"] / 1e9) if "neck_sdpa_flops" in r else "-"
+
+    def props(r: Dict[str, Any]) -> str:
+        return "{}/{}".format(r.get("proposals", "-"), r.get("detections", "-"))
+
+    # (title, cell, the result key the column needs: shown when any result has it)
     cols = [
-        ("op", lambda r: r["op"]),
-        ("neck params M", num("neck_params", 1e6, 2)),
-        ("model params M", num("model_params", 1e6, 2)),
-        ("neck GFLOPs", num("neck_flops", 1e9, 1)),
-        ("of which attn", lambda r: "{:.2f}".format(r["neck_sdpa_flops"] / 1e9)),
-        ("model GFLOPs", num("model_flops", 1e9, 1)),
-        ("neck ms", num("neck_latency_s", 1e-3, 1)),
-        ("neck GFLOP/s", num("neck_gflops_per_s", 1, 1)),
-        ("model ms", num("model_latency_s", 1e-3, 1)),
-        ("props/dets", lambda r: "{}/{}".format(r.get("proposals", "-"), r.get("detections", "-"))),
+        ("op", lambda r: r["op"], "op"),
+        ("neck params M", num("neck_params", 1e6, 2), "neck_params"),
+        ("model params M", num("model_params", 1e6, 2), "model_params"),
+        ("neck GFLOPs", num("neck_flops", 1e9, 1), "neck_flops"),
+        ("of which attn", attn, "neck_sdpa_flops"),
+        ("model GFLOPs", num("model_flops", 1e9, 1), "model_flops"),
+        ("neck ms", num("neck_latency_s", 1e-3, 1), "neck_latency_s"),
+        ("neck GFLOP/s", num("neck_gflops_per_s", 1, 1), "neck_gflops_per_s"),
+        ("model ms", num("model_latency_s", 1e-3, 1), "model_latency_s"),
+        ("props/dets", props, "model_latency_s"),
+        ("train step ms", num("train_step_s", 1e-3, 1), "train_step_s"),
+        ("train peak MiB", num("train_peak_mem_bytes", 2 ** 20, 1), "train_peak_mem_bytes"),
     ]
-    if any("train_step_s" in r for r in results.values()):
-        cols += [
-            ("train step ms", num("train_step_s", 1e-3, 1)),
-            ("train peak MiB", num("train_peak_mem_bytes", 2 ** 20, 1)),
-        ]
+    cols = [(title, cell) for title, cell, key in cols if any(key in r for r in results.values())]
     rows = [[title for title, _ in cols]]
     rows += [[cell(r) for _, cell in cols] for r in results.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
@@ -498,10 +561,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept at test time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", action="store_true", help="also time a training step, peak memory")
+    p.add_argument("--train-only", action="store_true",
+                   help="only the training step time and peak memory (implies --train)")
+    p.add_argument("--train-config", default=None,
+                   help="with --train: measure training on this LazyConfig's model, optimizer and data "
+                   "(e.g. configs/shapes/mask_rcnn_R_18_sum.py; aggregation set per variant) instead of "
+                   "--model on a synthetic --height x --width image")
     p.add_argument("--skip-model-flops", action="store_true", help="skip tracing the whole model")
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--train-measure", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.train_only:
+        args.train = True
+    if args.train_config is not None and not os.path.isfile(args.train_config):
+        p.error("--train-config {!r}: no such file (a LazyConfig .py, e.g. "
+                "configs/shapes/mask_rcnn_R_18_sum.py)".format(args.train_config))
+    if args.iters < 1:
+        p.error("--iters must be >= 1, got {}".format(args.iters))
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
@@ -509,21 +587,33 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.train_worker:
-        print(json.dumps(measure_train_step(args.train_worker, args)))
+        print(json.dumps(measure_train_step(args.train_worker, args, args.train_measure)))
         return {}
     names = variant_names(args.ops, args.reference)
-    sum_model = _build("sum", args)  # its weights are shared by every variant
-    results = measure_inference(names, args, sum_model.state_dict(), sum_model)
+    results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
+    if not args.train_only:
+        sum_model = _build("sum", args)  # its weights are shared by every variant
+        results = measure_inference(names, args, sum_model.state_dict(), sum_model)
     if args.train:
         for name, res in measure_training(names, args).items():
             results[name].update(res)
     add_ratios(results, "sum" if "sum" in results else args.ops[0])
-    print(
-        "{} {}x{}, batch 1, {} threads, device {}, {} interleaved iters (median, ±half the "
-        "max-min spread); FLOPs = fvcore MACs, attention counted".format(
-            args.model, args.height, args.width, torch.get_num_threads(), args.device, args.iters
+    if not args.train_only:
+        print(
+            "inference: {} {}x{}, batch 1, {} threads, device {}, {} interleaved iters (median, ±half "
+            "the max-min spread); FLOPs = fvcore MACs, attention counted".format(
+                args.model, args.height, args.width, torch.get_num_threads(), args.device, args.iters
+            )
         )
-    )
+    if args.train:
+        print(
+            "training: {}, {} threads, device {}; a fresh process per variant and round, {} round(s) "
+            "in rotated order, each the median of {} steps after {} warm-up; peak memory: {}".format(
+                args.train_config or "{} on one {}x{} image".format(args.model, args.height, args.width),
+                torch.get_num_threads(), args.device, max(1, args.train_rounds), args.iters,
+                max(1, args.warmup), next(iter(results.values())).get("train_mem_measure", "-"),
+            )
+        )
     print(format_table(results))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
