@@ -18,6 +18,10 @@ patch                  why
 ``pillow_linear``      v0.6 uses ``Image.LINEAR`` as a default argument at import time
                        (``data/transforms/transform.py``); Pillow 10 removed that alias of
                        ``Image.BILINEAR``.
+``numpy_bool``         v0.6 uses ``np.bool`` (``structures/masks.py``: every polygon mask
+                       rasterised for a mask target, ``utils/visualizer.py``). NumPy 1.24 to
+                       1.26 removed that alias of ``np.bool_`` (NumPy 2 has it again): it is
+                       restored there only.
 ``cpu_launch``         v0.6's ``engine/launch.py`` asserts CUDA and hard-codes NCCL, so
                        ``--num-gpus 2`` cannot run on CPU. The worker is replaced by one that
                        picks gloo without CUDA (what later official versions do).
@@ -137,6 +141,15 @@ def _patch_pillow_linear() -> bool:
     return True
 
 
+def _patch_numpy_bool() -> bool:
+    import numpy as np
+
+    if "bool" in np.__dict__:
+        return False
+    np.bool = np.bool_
+    return True
+
+
 def _cpu_capable_worker(
     local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout=None
 ):
@@ -196,6 +209,8 @@ def apply() -> Dict[str, bool]:
     APPLIED["missing_extension"] = True
     if _patch_pillow_linear():
         APPLIED["pillow_linear"] = True
+    if _patch_numpy_bool():
+        APPLIED["numpy_bool"] = True
     _patch_cpu_launch()
     APPLIED["cpu_launch"] = True
     return APPLIED

@@ -29,7 +29,24 @@ def test_registry_copy_gets_every_patch():
 
     if Image.LINEAR is Image.BILINEAR and "pillow_linear" in compat.APPLIED:
         expected.add("pillow_linear")
+    if "numpy_bool" in compat.APPLIED:  # NumPy 1.24-1.26 only
+        expected.add("numpy_bool")
     assert set(compat.APPLIED) == expected
+
+
+def test_numpy_bool_alias_restored_only_where_missing(monkeypatch):
+    """v0.6 rasterises every polygon mask target with ``np.bool``: without the alias (NumPy
+    1.24-1.26) Mask R-CNN training on COCO polygons fails at its first step."""
+    import numpy as np
+
+    assert compat._patch_numpy_bool() is False  # present (NumPy 2, or already restored): untouched
+    monkeypatch.delattr(np, "bool")
+    assert compat._patch_numpy_bool() is True and np.bool is np.bool_
+    from detectron2.structures.masks import polygons_to_bitmask
+
+    mask = polygons_to_bitmask([np.array([0.0, 0.0, 4.0, 0.0, 4.0, 4.0, 0.0, 4.0])], 6, 6)
+    assert mask.dtype == np.bool_ and mask.sum() > 0
+    assert polygons_to_bitmask([], 3, 5).shape == (3, 5)  # an empty polygon list too
 
 
 @registry_only
