@@ -15,10 +15,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_parse_args_rejects_bad_values(capsys):
-    for argv in (["--minutes", "0"], ["--max-iter", "0"], ["--num-train", "0"]):
+    for argv in (["--minutes", "0"], ["--max-iter", "0"], ["--num-train", "0"], ["--workers", "-1"]):
         with pytest.raises(SystemExit):
             demo.parse_args(argv)
-    assert "--minutes must be > 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--minutes must be > 0" in err and "--workers must be >= 0, got -1" in err
+
+
+def test_loader_workers_follow_the_cores(monkeypatch):
+    """No worker processes on 2 cores (they slow the step there), up to 2 where cores are spare;
+    --workers wins."""
+    for cores, workers in ((1, 0), (2, 0), (3, 1), (4, 2), (64, 2)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert demo.default_workers() == workers
+    args = demo.parse_args(["--workers", "3"])
+    cfg = demo._load_config(args, {"train": "shapes_train", "val": "shapes_val"})
+    assert cfg.dataloader.train.num_workers == 3
 
 
 def test_default_config_is_the_shapes_msca_config():

@@ -13,6 +13,8 @@ model.backbone = _small.backbone
 model.proposal_generator = _small.proposal_generator
 for _key in ("num_classes", "batch_size_per_image", "mask_head"):
     model.roi_heads[_key] = _small.roi_heads[_key]
+for _pooler in ("box_pooler", "mask_pooler"):
+    model.roi_heads[_pooler].sampling_ratio = _small.roi_heads[_pooler].sampling_ratio
 for _head, _predictor in zip(model.roi_heads.box_heads, model.roi_heads.box_predictors):
     _head.input_shape = _small.roi_heads.box_head.input_shape
     _head.fc_dims = _small.roi_heads.box_head.fc_dims
