@@ -29,6 +29,8 @@ def add_afa_config(cfg: CN) -> CN:
     _C.MODEL.AFA.ADAPTIVE_POOL_SIZE = 7
     _C.MODEL.AFA.NUM_HEADS = 4
     _C.MODEL.AFA.MLP_RATIO = 2.0
+    # Recompute each MS-Att's DW-MLP branch in backward (less training memory, more time).
+    _C.MODEL.AFA.CHECKPOINT_MLP = False
     # "" = bilinear for mssa/msca (paper), nearest for sum/concat (FPN); or "nearest" | "bilinear".
     _C.MODEL.AFA.UPSAMPLE_MODE = ""
 

@@ -163,6 +163,25 @@ def test_gradients_reach_every_parameter(op):
         assert p.grad.abs().sum() > 0, "zero gradient for {}".format(name)
 
 
+@pytest.mark.parametrize("op", ["mssa", "msca"])
+def test_checkpoint_mlp_keeps_outputs_and_gradients(op):
+    """checkpoint_mlp reaches every MS-Att and trades memory only: same outputs, same gradients."""
+    torch.manual_seed(0)
+    plain = _afpn(aggregation=op).train()
+    ckpt = _afpn(aggregation=op, checkpoint_mlp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    attns = [m for m in ckpt.modules() if type(m).__name__ == "MSAttention"]
+    assert len(attns) == 4 and all(m.checkpoint_mlp for m in attns)
+    x = torch.randn(2, 3, 48, 72)
+    grads = []
+    for model in (plain, ckpt):
+        out = model(x)
+        sum((v * (k + 1)).square().mean() for k, v in enumerate(out.values())).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, rtol=1e-5, atol=1e-7), name
+
+
 def test_eval_is_deterministic_and_state_dict_round_trips():
     torch.manual_seed(0)
     a = _afpn(out_channels=32, aggregation="msca", norm="GN").eval()
@@ -240,6 +259,7 @@ def test_lazy_config_instantiates():
         (dict(adaptive_pool_size=0), r"adaptive_pool_size.*0"),
         (dict(upsample_mode="cubic"), r"'cubic'.*\['nearest', 'bilinear'\]"),
         (dict(fuse_type="avg"), r"'avg'.*\['sum'\]"),
+        (dict(checkpoint_mlp=1), r"checkpoint_mlp must be a bool, got 1"),
     ],
 )
 def test_bad_configuration_raises_value_error(kwargs, pattern):

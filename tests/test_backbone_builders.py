@@ -35,6 +35,7 @@ def test_keys_and_defaults():
     assert cfg.MODEL.AFA.POOL_STRIDES == [16, 8, 4, 2]
     assert (cfg.MODEL.AFA.ADAPTIVE_POOL_SIZE, cfg.MODEL.AFA.NUM_HEADS, cfg.MODEL.AFA.MLP_RATIO) == (7, 4, 2.0)
     assert cfg.MODEL.AFA.UPSAMPLE_MODE == ""
+    assert cfg.MODEL.AFA.CHECKPOINT_MLP is False
     assert cfg.MODEL.SWIN.NAME == "swin_tiny_patch4_window7_224"
     cfg.merge_from_list(["MODEL.AFA.AGGREGATION", "msca", "MODEL.AFA.POOL_STRIDES", "[8, 4, 2, 1]"])
     assert cfg.MODEL.AFA.AGGREGATION == "msca" and cfg.MODEL.AFA.POOL_STRIDES == [8, 4, 2, 1]
@@ -47,11 +48,13 @@ def test_registered():
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
 def test_resnet_builder_depths(depth):
-    cfg = _cfg(depth=depth, AGGREGATION="msca", ATTENTION_LEVELS=["p4", "p5"], POOLING="adaptive")
+    cfg = _cfg(depth=depth, AGGREGATION="msca", ATTENTION_LEVELS=["p4", "p5"], POOLING="adaptive",
+               CHECKPOINT_MLP=depth == 18)
     model = build_backbone(cfg)
     assert isinstance(model, AttentionFPN)
     assert model.level_ops == {"p2": "sum", "p3": "sum", "p4": "msca", "p5": "msca"}
     assert model.fpn_aggregation4.attn.pooling == "adaptive"
+    assert model.fpn_aggregation5.attn.checkpoint_mlp is (depth == 18)
     n_blocks = {18: 8, 34: 16, 50: 16, 101: 33}[depth]
     assert sum(len(s) for s in model.bottom_up.stages) == n_blocks
     assert {k: (v.channels, v.stride) for k, v in model.output_shape().items()} == {

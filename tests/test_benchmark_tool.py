@@ -61,6 +61,11 @@ def test_reference_variants_and_interleaved_timing():
     assert benchmark.variant_names(["sum", "mssa", "concat", "msca"], True) == [
         "sum", "mssa", "mssa:ref", "concat", "msca", "msca:ref"]
     assert benchmark.variant_names(["sum", "mssa"], False) == ["sum", "mssa"]
+    assert benchmark.variant_names(["sum", "msca"], True, True) == ["sum", "msca", "msca:ref", "msca:ckpt"]
+    assert benchmark.split_variant("msca:ckpt") == ("msca", False)
+    model = torch.nn.Sequential(MSAttention(16, 4), MSAttention(16, 4))
+    benchmark._set_checkpoint_mlp(model, True)
+    assert [m.checkpoint_mlp for m in model] == [True, True]
     assert benchmark.split_variant("msca:ref") == ("msca", True)
     assert benchmark.split_variant("msca") == ("msca", False)
     order = []

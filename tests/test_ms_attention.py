@@ -98,6 +98,7 @@ def test_channels_last_and_autocast_bf16():
         (dict(pool_stride=-2), r"pool_stride.*-2"),
         (dict(adaptive_pool_size=0), r"adaptive_pool_size.*0"),
         (dict(mlp_ratio=0.0), r"mlp_ratio.*0.0"),
+        (dict(checkpoint_mlp="yes"), r"checkpoint_mlp must be a bool, got 'yes'"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, pattern):
@@ -168,3 +169,50 @@ def test_tokens_round_trip_without_copies():
     assert back.data_ptr() == x.data_ptr() and torch.equal(back, x)
     plain = torch.randn(2, 8, 5, 7)
     assert torch.equal(to_tokens(plain), plain.flatten(2).transpose(1, 2))
+
+
+# ------------------------------------------------- recomputing the DW-MLP branch in backward
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (distinct storages)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def test_checkpoint_mlp_same_gradients_fewer_saved_activations():
+    """checkpoint_mlp changes no value and no gradient, and keeps far fewer activations: the
+    branch's LN output, FC1 output, DW-conv output and GELU output (7 of ~12 C-channel tensors
+    per token) are recomputed in backward instead."""
+    g = torch.Generator().manual_seed(5)
+    xq, xkv = torch.randn(2, 32, 40, 36, generator=g), torch.randn(2, 32, 20, 18, generator=g)
+    w = torch.randn(2, 32, 40, 36, generator=g)
+    results = {}
+    for ckpt in (False, True):
+        attn = _randomized(MSAttention(32, 4, pool_stride=4, checkpoint_mlp=ckpt), 4).train()
+        a, b = xq.clone().requires_grad_(), xkv.clone().requires_grad_()
+        out, saved = _saved_bytes(lambda: attn(a, b))
+        (out * w).sum().backward()
+        results[ckpt] = (out.detach(), saved, {"x_q": a.grad, "x_kv": b.grad,
+                                               **{n: p.grad for n, p in attn.named_parameters()}})
+    (out0, saved0, g0), (out1, saved1, g1) = results[False], results[True]
+    assert torch.equal(out0, out1)
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], rtol=1e-5, atol=1e-6), name
+    token_bytes = 2 * 40 * 36 * 32 * 4  # one (N, H*W, C) fp32 tensor
+    assert saved0 - saved1 > 6 * token_bytes, (saved0 / token_bytes, saved1 / token_bytes)
+    assert saved1 < 0.6 * saved0
+
+
+def test_checkpoint_mlp_is_free_at_inference():
+    attn = _randomized(MSAttention(16, 4, pool_stride=4, checkpoint_mlp=True)).eval()
+    x = torch.randn(1, 16, 9, 10)
+    with torch.no_grad():
+        want = attn.forward_reference(x)
+        got = attn(x)
+    assert (got - want).abs().max().item() < 1e-4

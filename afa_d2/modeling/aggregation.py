@@ -146,6 +146,7 @@ class _AttentionAggregation(Aggregation):
         adaptive_pool_size: int = 7,
         mlp_ratio: float = 2.0,
         upsample_mode: Optional[str] = None,
+        checkpoint_mlp: bool = False,
     ):
         super().__init__(upsample_mode)
         self.attn = MSAttention(
@@ -155,6 +156,7 @@ class _AttentionAggregation(Aggregation):
             pool_stride=pool_stride,
             adaptive_pool_size=adaptive_pool_size,
             mlp_ratio=mlp_ratio,
+            checkpoint_mlp=checkpoint_mlp,
         )
         self.reference = False  # True: the straightforward path (tests, ``benchmark --reference``)
 
@@ -244,13 +246,15 @@ def build_aggregation(
     pool_stride: int = 16,
     adaptive_pool_size: int = 7,
     mlp_ratio: float = 2.0,
+    checkpoint_mlp: bool = False,
     top: bool = False,
 ) -> Aggregation:
     """Build the operator ``name`` (one of :data:`AGGREGATION_OPS`) for ``channels`` channels.
 
     ``top``: for the top level (no deeper input; "concat" then has no conv).
     ``norm`` is used by "concat" only; ``num_heads``, ``pooling``, ``pool_stride``,
-    ``adaptive_pool_size`` and ``mlp_ratio`` by "mssa" / "msca" only (see :class:`MSAttention`).
+    ``adaptive_pool_size``, ``mlp_ratio`` and ``checkpoint_mlp`` by "mssa" / "msca" only (see
+    :class:`MSAttention`).
     """
     if name not in AGGREGATION_OPS:
         raise ValueError(
@@ -269,4 +273,5 @@ def build_aggregation(
         adaptive_pool_size=adaptive_pool_size,
         mlp_ratio=mlp_ratio,
         upsample_mode=upsample_mode,
+        checkpoint_mlp=checkpoint_mlp,
     )

@@ -51,6 +51,7 @@ class AttentionFPN(Backbone):
         adaptive_pool_size: int = 7,
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
+        checkpoint_mlp: bool = False,
         upsample_mode: Optional[str] = None,
         norm: str = "",
         top_block: Optional[nn.Module] = None,
@@ -76,6 +77,9 @@ class AttentionFPN(Backbone):
             adaptive_pool_size (int): side of the "adaptive" pool.
             num_heads (int): attention heads; must divide ``out_channels``.
             mlp_ratio (float): DW-MLP expansion.
+            checkpoint_mlp (bool): recompute each MS-Att's DW-MLP branch in backward instead
+                of keeping its activations (training memory for time; same values and
+                gradients; see :class:`~afa_d2.modeling.MSAttention`).
             upsample_mode (str or None): ``Up`` for every operator; None: bilinear for
                 MSSA/MSCA (paper), nearest for sum/concat (FPN).
             norm (str): detectron2 norm of the lateral, output and concat convs ("" for none).
@@ -174,6 +178,8 @@ class AttentionFPN(Backbone):
             )
         if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
             raise ValueError("mlp_ratio must be > 0, got {!r}".format(mlp_ratio))
+        if not isinstance(checkpoint_mlp, bool):
+            raise ValueError("checkpoint_mlp must be a bool, got {!r}".format(checkpoint_mlp))
         if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(
                 "unknown upsample_mode {!r}; valid: {} or None".format(
@@ -218,6 +224,7 @@ class AttentionFPN(Backbone):
                 pool_stride=pool_strides[idx],
                 adaptive_pool_size=adaptive_pool_size,
                 mlp_ratio=mlp_ratio,
+                checkpoint_mlp=checkpoint_mlp,
                 top=idx == len(in_channels) - 1,
             )
             self.add_module("fpn_lateral{}".format(stage), lateral_conv)
@@ -268,6 +275,7 @@ class AttentionFPN(Backbone):
             "adaptive_pool_size": afa.ADAPTIVE_POOL_SIZE,
             "num_heads": afa.NUM_HEADS,
             "mlp_ratio": afa.MLP_RATIO,
+            "checkpoint_mlp": bool(afa.CHECKPOINT_MLP),
             "upsample_mode": afa.UPSAMPLE_MODE or None,
             "norm": cfg.MODEL.FPN.NORM,
             "top_block": LastLevelMaxPool(),

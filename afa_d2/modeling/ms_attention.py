@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "MSAttention",
@@ -197,6 +198,11 @@ class MSAttention(nn.Module):
         adaptive_pool_size (int): side of the adaptive pool (> 0).
         mlp_ratio (float): hidden channels of the DW-MLP over C (> 0).
         qkv_bias (bool): biases in the Q and K/V linears (ViT / PVTv2 use them).
+        checkpoint_mlp (bool): in training, keep only the DW-MLP branch's input
+            ``f_q + Att`` for backward and recompute ``DW-MLP(LN(.))`` there
+            (:func:`torch.utils.checkpoint.checkpoint`): the same values and gradients,
+            about 7 of the block's ~12 token-sized saved tensors (C channels each) fewer, for
+            one more forward of the branch. Off by default.
     """
 
     def __init__(
@@ -209,6 +215,7 @@ class MSAttention(nn.Module):
         adaptive_pool_size: int = 7,
         mlp_ratio: float = 2.0,
         qkv_bias: bool = True,
+        checkpoint_mlp: bool = False,
     ):
         super().__init__()
         if not isinstance(dim, int) or dim <= 0:
@@ -236,6 +243,8 @@ class MSAttention(nn.Module):
             )
         if not mlp_ratio > 0:
             raise ValueError("MSAttention: mlp_ratio must be > 0, got {!r}".format(mlp_ratio))
+        if not isinstance(checkpoint_mlp, bool):
+            raise ValueError("MSAttention: checkpoint_mlp must be a bool, got {!r}".format(checkpoint_mlp))
         hidden = int(round(dim * mlp_ratio))
         if hidden <= 0:
             raise ValueError("MSAttention: mlp_ratio={!r} gives no hidden channels".format(mlp_ratio))
@@ -248,6 +257,7 @@ class MSAttention(nn.Module):
             (pool_stride, 2 * pool_stride) if pooling == "multi_scale" else (pool_stride,)
         )
         self.adaptive_pool_size = adaptive_pool_size
+        self.checkpoint_mlp = checkpoint_mlp
 
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -330,7 +340,15 @@ class MSAttention(nn.Module):
         att = att.transpose(1, 2).reshape(n, hw, c)  # (N, H*W, C); a view for the CPU/flash layouts
         x = self.proj(att)
         x = _add_residual(x, f_q)  # eq. (7), inner sum f_q + Att
-        return _add_residual(self.mlp(self.norm_mlp(x), feat_size), f_q)  # (N, H*W, C)
+        if self.checkpoint_mlp and x.requires_grad and torch.is_grad_enabled():
+            y = checkpoint(self._mlp_branch, x, feat_size, use_reentrant=False)
+        else:
+            y = self._mlp_branch(x, feat_size)
+        return _add_residual(y, f_q)  # (N, H*W, C)
+
+    def _mlp_branch(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+        """``DW-MLP(LN(x))`` of eq. (7), on tokens (N, H*W, C)."""
+        return self.mlp(self.norm_mlp(x), feat_size)
 
     def forward_reference(self, x_q: Tensor, x_kv: Optional[Tensor] = None) -> Tensor:
         """The straightforward MS-Att (NCHW in and out, out-of-place), for tests and benchmarks.

@@ -17,7 +17,9 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
   model, optimizer and data (the operator set per variant); ``--train-only`` skips inference;
 * with ``--reference``: "mssa:ref" / "msca:ref" beside "mssa" / "msca", the same models (same
   weights) run on the straightforward path (:func:`~afa_d2.modeling.aggregation.use_reference_path`),
-  the before/after of the fast path.
+  the before/after of the fast path;
+* with ``--checkpoint-mlp`` (and ``--train``): "mssa:ckpt" / "msca:ckpt", trained with each
+  MS-Att's DW-MLP recomputed in backward (``checkpoint_mlp=True``), memory traded for time.
 
 Timing is interleaved: every timed repetition runs each variant once, in an order rotated from
 one repetition to the next, so a load change on a shared machine hits every variant alike; the
@@ -51,20 +53,26 @@ OPS = ("sum", "concat", "mssa", "msca")
 MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
 ATTENTION_OPS = ("mssa", "msca")
 REF_SUFFIX = ":ref"
+CKPT_SUFFIX = ":ckpt"  # MSAttention(checkpoint_mlp=True): a training-memory option, same operator
 
 
-def variant_names(ops: Sequence[str], reference: bool) -> List[str]:
-    """The variants measured: ``ops``, plus "<op>:ref" after each attention op with ``reference``."""
+def variant_names(ops: Sequence[str], reference: bool, checkpoint_mlp: bool = False) -> List[str]:
+    """The variants measured: ``ops``, plus after each attention op "<op>:ref" with ``reference``
+    and "<op>:ckpt" (training only) with ``checkpoint_mlp``."""
     names: List[str] = []
     for op in ops:
         names.append(op)
         if reference and op in ATTENTION_OPS:
             names.append(op + REF_SUFFIX)
+        if checkpoint_mlp and op in ATTENTION_OPS:
+            names.append(op + CKPT_SUFFIX)
     return names
 
 
 def split_variant(name: str):
-    """"mssa:ref" -> ("mssa", True); "mssa" -> ("mssa", False)."""
+    """"mssa:ref" -> ("mssa", True); "mssa" or "mssa:ckpt" -> ("mssa", False)."""
+    if name.endswith(CKPT_SUFFIX):
+        name = name[: -len(CKPT_SUFFIX)]
     if name.endswith(REF_SUFFIX):
         return name[: -len(REF_SUFFIX)], True
     return name, False
@@ -74,6 +82,14 @@ def _set_reference(model: nn.Module, reference: bool) -> None:
     from afa_d2.modeling.aggregation import use_reference_path
 
     use_reference_path(model, reference)
+
+
+def _set_checkpoint_mlp(model: nn.Module, enabled: bool) -> None:
+    from afa_d2.modeling import MSAttention
+
+    for m in model.modules():
+        if isinstance(m, MSAttention):
+            m.checkpoint_mlp = enabled
 
 
 # --------------------------------------------------------------------------------------- FLOPs
@@ -394,6 +410,7 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = [_train_batch(args.height, args.width, device)]
     _set_reference(model, reference)
+    _set_checkpoint_mlp(model, name.endswith(CKPT_SUFFIX))
 
     from detectron2.utils.events import EventStorage
 
@@ -560,6 +577,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--detections-per-image", type=int, default=100)
     p.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept at test time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-mlp", action="store_true",
+                   help="with --train: also \"<op>:ckpt\", mssa/msca with checkpoint_mlp=True (the DW-MLP "
+                   "recomputed in backward)")
     p.add_argument("--train", action="store_true", help="also time a training step, peak memory")
     p.add_argument("--train-only", action="store_true",
                    help="only the training step time and peak memory (implies --train)")
@@ -589,11 +609,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     if args.train_worker:
         print(json.dumps(measure_train_step(args.train_worker, args, args.train_measure)))
         return {}
-    names = variant_names(args.ops, args.reference)
+    names = variant_names(args.ops, args.reference, args.checkpoint_mlp)
     results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
     if not args.train_only:
         sum_model = _build("sum", args)  # its weights are shared by every variant
-        results = measure_inference(names, args, sum_model.state_dict(), sum_model)
+        # ":ckpt" changes nothing at inference (no gradients): trained only
+        results.update(measure_inference([n for n in names if not n.endswith(CKPT_SUFFIX)], args,
+                                         sum_model.state_dict(), sum_model))
     if args.train:
         for name, res in measure_training(names, args).items():
             results[name].update(res)
