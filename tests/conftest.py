@@ -11,3 +11,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def repo_root():
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A tiny two-class dataset (16 train / 4 val images, ``_engine_fixtures``) that the
+    train_net.py and fault tests train on; read-only."""
+    import _engine_fixtures as fx
+
+    root = str(tmp_path_factory.mktemp("tiny_data"))
+    fx.tiny_dataset_dicts(os.path.join(root, "train"), 16)
+    fx.tiny_dataset_dicts(os.path.join(root, "val"), 4, seed=1)
+    return root

@@ -17,14 +17,6 @@ import _engine_fixtures as fx
 MAX_ITER = 10
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny_data_faults"))
-    fx.tiny_dataset_dicts(os.path.join(root, "train"), 16)
-    fx.tiny_dataset_dicts(os.path.join(root, "val"), 4, seed=1)
-    return root
-
-
 def _last_checkpoint_iter(out):
     try:
         with open(os.path.join(out, "last_checkpoint")) as f:

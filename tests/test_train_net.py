@@ -12,14 +12,6 @@ from afa_d2.engine.train_loop import DeterministicTrainingSampler, GradientClipp
 SHAPES_DIR = os.path.join(fx.REPO, "configs", "shapes")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny_data"))
-    fx.tiny_dataset_dicts(os.path.join(root, "train"), 16)
-    fx.tiny_dataset_dicts(os.path.join(root, "val"), 4, seed=1)
-    return root
-
-
 def _assert_ok(proc):
     assert proc.returncode == 0, "train_net.py failed (rc={}):\n{}".format(proc.returncode, proc.stderr[-6000:])
 
