@@ -11,8 +11,8 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
   with the FPN replaced by :class:`~afa_d2.modeling.AttentionFPN`), batch 1; each also as a
   ratio to "sum", and the neck's achieved GFLOP/s;
 * with ``--train``: the training step's time and peak memory, each variant in fresh subprocesses
-  so the peaks do not mix (CUDA: ``max_memory_allocated``; CPU: the peak RSS above the process
-  before the model was built, with glibc made to unmap freed blocks so that RSS follows the live
+  so the peaks do not mix (CUDA: ``max_memory_allocated``; CPU: the weights plus the peak rise of
+  RSS during the steps, with glibc made to unmap freed blocks so that RSS follows the live
   tensors). ``--train-config configs/shapes/mask_rcnn_R_18_sum.py`` measures on that config's
   model, optimizer and data (the operator set per variant); ``--train-only`` skips inference;
 * with ``--reference``: "mssa:ref" / "msca:ref" beside "mssa" / "msca", the same models (same
@@ -364,6 +364,25 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS count (VmHWM) of this process; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM: the peak RSS since the process started or :func:`_reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return _maxrss_bytes()
+
+
 # glibc malloc keeps freed blocks (and raises its mmap threshold after the first large free), so
 # the process's RSS would stay at its first peak: the memory worker runs with a fixed, low mmap
 # threshold, so that every tensor-sized block is mapped on allocation and unmapped on free, and
@@ -397,12 +416,12 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
     With ``args.train_config``, the config's model and optimizer train on its first batches;
     otherwise the benchmark's detector (``--model``) trains with AdamW on one synthetic image of
     ``--height`` x ``--width``. Peak memory is the whole of training (weights, gradients, optimizer
-    state, activations): CUDA ``max_memory_allocated``; CPU, the peak RSS above the process before
-    the model was built (run it under ``_MEMORY_WORKER_ENV``, see there).
+    state, activations): CUDA ``max_memory_allocated``; CPU, the weights' bytes plus the peak rise
+    of RSS during the steps over the set-up process (the kernel's peak count restarted through
+    ``/proc/self/clear_refs``; run it under ``_MEMORY_WORKER_ENV``, see there).
     """
     device = torch.device(args.device)
     op, reference = split_variant(name)
-    base = _rss_bytes() if device.type == "cpu" else 0
     if args.train_config:
         model, optimizer, batches = _config_training_setup(op, args, device)
     else:
@@ -430,15 +449,27 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            # Set-up (imports, config, data, the built model) is done: from here on, what the
+            # process adds is what training adds; the weights were allocated before, so they are
+            # counted in bytes, as max_memory_allocated counts them on CUDA.
+            base = _rss_bytes()
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            weights += sum(b.numel() * b.element_size() for b in model.buffers())
+            reset = _reset_peak_rss()
         for _ in range(max(1, args.warmup) + 1):
             step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device)
             how = "cuda max_memory_allocated"
-        else:
-            peak = _maxrss_bytes() - base
-            how = "peak RSS above the process before the model was built (glibc mmap threshold 16 KiB)"
+        elif reset:
+            peak = _peak_rss_bytes() - base + weights
+            how = ("weights + peak RSS rise during the steps (grads, AdamW state, activations; "
+                   "glibc mmap threshold 16 KiB)")
+        else:  # no /proc/self/clear_refs: the process's peak, set-up included
+            peak = _maxrss_bytes() - base + weights
+            how = "weights + peak RSS of the process above its set-up (glibc mmap threshold 16 KiB)"
         return {"train_peak_mem_bytes": int(peak), "train_mem_measure": how}
     seconds = _time(step, args.iters, max(1, args.warmup), device)
     return {"train_step_s": seconds}
