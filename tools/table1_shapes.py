@@ -105,13 +105,12 @@ def markdown(rows: List[Dict], args) -> str:
 
 def _write(rows: List[Dict], args) -> str:
     """The table and the raw results so far (after every operator: a stopped run keeps its rows)."""
+    from afa_d2.engine.checkpoint import atomic_write_text
+
     table = markdown(rows, args)
-    for name, text in (("table1_shapes.md", table + "\n"),
-                       ("table1_shapes.json", json.dumps(dict(args=vars(args), rows=rows), indent=2))):
-        path = os.path.join(args.output_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+    atomic_write_text(table + "\n", os.path.join(args.output_dir, "table1_shapes.md"))
+    atomic_write_text(json.dumps(dict(args=vars(args), rows=rows), indent=2),
+                      os.path.join(args.output_dir, "table1_shapes.json"))
     return table
 
 
