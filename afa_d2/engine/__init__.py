@@ -1,6 +1,7 @@
 """Training engine: the epoch schedule, an atomic checkpointer, validated overrides and the
 train/eval loop that ``train_net.py`` drives (see ``docs/DESIGN.md``, "Engine")."""
 from .checkpoint import AtomicCheckpointer, CheckpointShapeError, LoadReport, UntrustedCheckpointError
+from .deadline import TimeBudget
 from .overrides import UnknownConfigKeyError, apply_overrides, flatten_keys
 from .schedule import ScheduleInfo, epoch_lr_multiplier, epochs_to_iters, resolve_epoch_schedule
 from .train_loop import (
@@ -26,6 +27,7 @@ __all__ = [
     "resolve_epoch_schedule",
     "DeterministicTrainingSampler",
     "ProgressBar",
+    "TimeBudget",
     "create_ddp_model",
     "do_eval_only",
     "do_test",

@@ -45,6 +45,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.sampler import Sampler
 
 from .checkpoint import AtomicCheckpointer
+from .deadline import ResizableLoopMixin, TimeBudget
+from .schedule import EpochStepMultiplier
 
 __all__ = [
     "default_setup",
@@ -261,6 +263,8 @@ class ProgressBar(HookBase):
         history = self.trainer.storage.histories().get("total_loss")
         if history is not None:
             self._bar.set_postfix(loss="{:.3f}".format(history.latest()), refresh=False)
+        if self._bar.total != self.trainer.max_iter:  # re-sized by a TimeBudget
+            self._bar.total = self.trainer.max_iter
         self._bar.update(1)
 
     def after_train(self):
@@ -354,11 +358,21 @@ def do_test(cfg, model) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # training
+class _Trainer(ResizableLoopMixin, SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` whose hooks may change ``max_iter`` (:class:`TimeBudget`)."""
+
+
+class _AMPTrainer(ResizableLoopMixin, AMPTrainer):
+    """detectron2's ``AMPTrainer`` whose hooks may change ``max_iter`` (:class:`TimeBudget`)."""
+
+
 def _trainer_class(amp: bool):
-    return AMPTrainer if amp else SimpleTrainer
+    return _AMPTrainer if amp else _Trainer
 
 
-def do_train(cfg, *, resume: bool = False, progress_bar: bool = False) -> Dict[str, Any]:
+def do_train(
+    cfg, *, resume: bool = False, progress_bar: bool = False, deadline: Optional[float] = None
+) -> Dict[str, Any]:
     """Train as ``cfg`` says; ``resolve_epoch_schedule(cfg)`` must have run.
 
     Args:
@@ -368,6 +382,10 @@ def do_train(cfg, *, resume: bool = False, progress_bar: bool = False) -> Dict[s
             (model, optimizer, lr scheduler, AMP scaler, iteration; the data stream and the
             per-step seeds continue from the iteration).
         progress_bar (bool): show a tqdm bar (main process).
+        deadline (float): end training by this ``time.perf_counter()`` value: a
+            :class:`TimeBudget` re-sizes ``max_iter`` and the lr decay points from the measured
+            throughput (single process; the demo), and ``train.max_iter`` is set to the
+            iterations trained. ``None``: ``train.max_iter`` iterations.
 
     Returns:
         dict: the last evaluation results (empty if none ran).
@@ -411,12 +429,20 @@ def do_train(cfg, *, resume: bool = False, progress_bar: bool = False) -> Dict[s
     ckpt_cfg = cfg.train.checkpointer
     main = comm.is_main_process()
     eval_period = int(cfg.train.get("eval_period", 0) or 0)
+    lr_multiplier = instantiate(cfg.lr_multiplier)
+    budget = None
+    if deadline is not None:
+        if comm.get_world_size() > 1:
+            raise ValueError("do_train(deadline=) needs a single process: ranks would re-size apart")
+        steps = lr_multiplier if isinstance(lr_multiplier, EpochStepMultiplier) else None
+        budget = TimeBudget(deadline, lr_multiplier=steps)
     trainer.register_hooks(
         [
             StepSeeder(seed) if seed is not None and seed >= 0 else None,
             SamplerState(sampler) if sampler is not None else None,
             hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            budget,  # before the lr, checkpoint and eval hooks: they see a re-sized schedule
+            hooks.LRScheduler(scheduler=lr_multiplier),
             hooks.PeriodicCheckpointer(
                 checkpointer, period=int(ckpt_cfg.period), max_to_keep=ckpt_cfg.get("max_to_keep", None)
             )
@@ -437,6 +463,8 @@ def do_train(cfg, *, resume: bool = False, progress_bar: bool = False) -> Dict[s
     if sampler is not None:
         sampler.set_start(start_iter * int(cfg.dataloader.train.total_batch_size))
     trainer.train(start_iter, int(cfg.train.max_iter))
+    if budget is not None:
+        cfg.train.max_iter = int(trainer.max_iter)  # what was trained
     return dict(last_results)
 
 
