@@ -278,17 +278,21 @@ def test_shapes_schedule():
 @pytest.mark.parametrize("arch", ["mask_rcnn", "cascade_mask_rcnn"])
 def test_shapes_rows_share_the_small_recipe(arch):
     """Every shapes row, cascade included, runs the recipe of mask_rcnn_R_18_sum.py: its pyramid
-    width, RoI sampling and RoIAlign sampling (the cascade config copies them one by one)."""
+    width, RoI sampling, RPN proposal counts and RoIAlign sampling (the cascade config copies the
+    poolers' one by one)."""
     base = load(os.path.join(CONFIG_DIR, "shapes", "mask_rcnn_R_18_sum.py"))
     for op in ("sum", "msca"):
         cfg = load(os.path.join(CONFIG_DIR, "shapes", "{}_R_18_{}.py".format(arch, op)))
         assert cfg.model.backbone.out_channels == base.model.backbone.out_channels == 64
         assert cfg.model.roi_heads.batch_size_per_image == base.model.roi_heads.batch_size_per_image == 64
         for pooler in ("box_pooler", "mask_pooler"):
-            assert cfg.model.roi_heads[pooler].sampling_ratio == 2
+            assert cfg.model.roi_heads[pooler].sampling_ratio == 1
         model = instantiate(cfg.model)
-        assert model.roi_heads.box_pooler.level_poolers[0].sampling_ratio == 2
-        assert model.roi_heads.mask_pooler.level_poolers[0].sampling_ratio == 2
+        assert model.roi_heads.box_pooler.level_poolers[0].sampling_ratio == 1
+        assert model.roi_heads.mask_pooler.level_poolers[0].sampling_ratio == 1
+        rpn = model.proposal_generator
+        assert (rpn.pre_nms_topk[True], rpn.post_nms_topk[True]) == (500, 250)  # training
+        assert (rpn.pre_nms_topk[False], rpn.post_nms_topk[False]) == (500, 300)  # inference
 
 
 # ----------------------------------------------------------------------------- dump / reload
