@@ -98,9 +98,6 @@ def test_full_demo_reaches_its_ap_within_ten_minutes(tmp_path):
 def test_the_budget_counts_from_the_process_start():
     """``python -m afa_d2.demo`` imports torch and detectron2 before the demo module's first line:
     the budget must count that time, so the age of the process is read from /proc."""
-    import subprocess
-    import sys
-
     code = "import time; time.sleep(1.0); from afa_d2.demo import _process_age_s; print(_process_age_s())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1.0 <= age < 120.0
