@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from afa_d2.modeling import MSAttention
+from afa_d2.modeling.aggregation import use_checkpoint_mlp
 from afa_d2.tools import benchmark
 
 
@@ -64,8 +65,10 @@ def test_reference_variants_and_interleaved_timing():
     assert benchmark.variant_names(["sum", "msca"], True, True) == ["sum", "msca", "msca:ref", "msca:ckpt"]
     assert benchmark.split_variant("msca:ckpt") == ("msca", False)
     model = torch.nn.Sequential(MSAttention(16, 4), MSAttention(16, 4))
-    benchmark._set_checkpoint_mlp(model, True)
+    assert use_checkpoint_mlp(model, True) is model
     assert [m.checkpoint_mlp for m in model] == [True, True]
+    use_checkpoint_mlp(model, False)
+    assert [m.checkpoint_mlp for m in model] == [False, False]
     assert benchmark.split_variant("msca:ref") == ("msca", True)
     assert benchmark.split_variant("msca") == ("msca", False)
     order = []

@@ -40,6 +40,7 @@ __all__ = [
     "MSCAAggregation",
     "build_aggregation",
     "resize_to",
+    "use_checkpoint_mlp",
     "use_reference_path",
 ]
 
@@ -224,6 +225,19 @@ def use_reference_path(module: nn.Module, enabled: bool = True) -> nn.Module:
     for m in module.modules():
         if isinstance(m, _AttentionAggregation):
             m.reference = bool(enabled)
+    return module
+
+
+def use_checkpoint_mlp(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn on (or off) the DW-MLP recompute of every :class:`MSAttention` in ``module``.
+
+    The same switch as ``AttentionFPN(checkpoint_mlp=True)`` (``model.backbone.checkpoint_mlp``),
+    for a model already built: outputs and gradients are unchanged, training keeps fewer
+    activations and runs the DW-MLP forward twice. Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, MSAttention):
+            m.checkpoint_mlp = bool(enabled)
     return module
 
 

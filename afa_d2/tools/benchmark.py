@@ -84,14 +84,6 @@ def _set_reference(model: nn.Module, reference: bool) -> None:
     use_reference_path(model, reference)
 
 
-def _set_checkpoint_mlp(model: nn.Module, enabled: bool) -> None:
-    from afa_d2.modeling import MSAttention
-
-    for m in model.modules():
-        if isinstance(m, MSAttention):
-            m.checkpoint_mlp = enabled
-
-
 # --------------------------------------------------------------------------------------- FLOPs
 def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """fvcore handle for ``aten::scaled_dot_product_attention``: ``Q K^T`` plus ``A V`` MACs.
@@ -429,7 +421,9 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = [_train_batch(args.height, args.width, device)]
     _set_reference(model, reference)
-    _set_checkpoint_mlp(model, name.endswith(CKPT_SUFFIX))
+    from afa_d2.modeling.aggregation import use_checkpoint_mlp
+
+    use_checkpoint_mlp(model, name.endswith(CKPT_SUFFIX))
 
     from detectron2.utils.events import EventStorage
 
