@@ -101,7 +101,9 @@ class TimeBudget(HookBase):
 
     Register it before the ``LRScheduler`` hook, so that the lr of the next step follows a
     re-sized schedule, and before the checkpointer and evaluation hooks, so that an early end
-    still gets its final checkpoint and evaluation.
+    still gets its final checkpoint and evaluation. Time spent in other hooks between two of its
+    calls (a periodic checkpoint or evaluation) counts as training time: it slows the measured
+    speed, and a long one just before the deadline ends training a step early.
 
     Args:
         deadline (float): when training must end, on ``clock``'s scale (``time.perf_counter()``).
