@@ -132,6 +132,26 @@ def test_a_deadline_already_past_ends_after_the_first_timed_step():
     assert ("model_final", 10) in r["saves"] and r["evals"] == [11]
 
 
+def test_a_refreshed_deadline_is_used_and_its_own_time_is_not_training_time():
+    # The first deadline (200 s) is pessimistic; half-way, refresh_deadline says 300 s and takes
+    # 5 s itself: training grows to ~295 iterations, and the 5 s do not slow the measured speed.
+    calls = []
+
+    def refresh(trainer):
+        calls.append((trainer.iter, trainer.max_iter))
+        trainer.model.clock.now += 5.0
+        return 300.0
+
+    r = _train(100, 200.0, lambda i: 1.0, check_period=10, refresh_deadline=refresh)
+    trainer, budget = r["trainer"], r["budget"]
+    assert len(calls) == 1  # once, at the first check past half of the run
+    it, planned = calls[0]
+    assert 0.5 * planned <= it + 1 < 0.5 * planned + 10
+    assert budget.deadline == 300.0
+    assert 285 <= trainer.max_iter <= 295 and r["clock"].now <= 300.0
+    assert budget.seconds_per_iter == pytest.approx(1.0)
+
+
 def test_progress_bar_follows_max_iter():
     bar = ProgressBar()
     totals = []
@@ -152,6 +172,8 @@ def test_refuses_a_freeze_point_after_the_first_decay():
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="freeze_fraction must be in"):
         TimeBudget(1.0, freeze_fraction=1.5)
+    with pytest.raises(ValueError, match=r"refresh_fraction must be in \[0, freeze_fraction=0.6\), got 0.7"):
+        TimeBudget(1.0, refresh_deadline=lambda t: 1.0, refresh_fraction=0.7)
     with pytest.raises(TypeError, match="EpochStepMultiplier"):
         TimeBudget(1.0, lr_multiplier=object())
 

@@ -101,3 +101,28 @@ def test_the_budget_counts_from_the_process_start():
     code = "import time; time.sleep(1.0); from afa_d2.demo import _process_age_s; print(_process_age_s())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1.0 <= age < 120.0
+
+
+def test_deadline_from_trained_model_times_inference_and_restores_training_mode(data_root, tmp_path):
+    """The demo's refresh_deadline: it runs the model being trained on a few val images in eval
+    mode, puts it back in training mode, and returns the end less the evaluation it predicts."""
+    import time
+
+    import _engine_fixtures as fx
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(fx.write_config(str(tmp_path / "cfg.py"), "mask_rcnn", data_root, str(tmp_path / "o")))
+    model = instantiate(cfg.model).train()
+
+    class Trainer:
+        pass
+
+    trainer = Trainer()
+    trainer.model = model
+    report = {}
+    end = time.perf_counter() + 1000.0
+    refresh = demo.deadline_from_trained_model(cfg, end, num_val=200, report=report)
+    deadline = refresh(trainer)
+    per_image = report["infer_image_trained_s"]
+    assert per_image > 0 and model.training
+    assert deadline == pytest.approx(end - per_image * 200 * demo._EVAL_SLACK)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from detectron2.engine import hooks
 from detectron2.engine.train_loop import HookBase
@@ -114,6 +114,11 @@ class TimeBudget(HookBase):
         freeze_fraction (float): stop re-sizing at this fraction of ``max_iter``; must come
             before the first lr decay.
         clock (callable): seconds, monotonic (tests pass a fake one).
+        refresh_deadline (callable): ``refresh_deadline(trainer) -> float``, called once, at the
+            first check past ``refresh_fraction`` of training, returns a new deadline (the demo
+            times its evaluation on the half-trained model there); its own time is not counted
+            as training time.
+        refresh_fraction (float): when to call ``refresh_deadline``; below ``freeze_fraction``.
     """
 
     def __init__(
@@ -125,9 +130,15 @@ class TimeBudget(HookBase):
         check_period: int = 50,
         freeze_fraction: float = 0.6,
         clock: Callable[[], float] = time.perf_counter,
+        refresh_deadline: Optional[Callable[[Any], float]] = None,
+        refresh_fraction: float = 0.5,
     ):
         if not 0.0 < freeze_fraction <= 1.0:
             raise ValueError(f"freeze_fraction must be in (0, 1], got {freeze_fraction!r}")
+        if refresh_deadline is not None and not 0.0 <= refresh_fraction < freeze_fraction:
+            raise ValueError(
+                f"refresh_fraction must be in [0, freeze_fraction={freeze_fraction}), got {refresh_fraction!r}"
+            )
         if check_period < 1 or skip_iters < 0:
             raise ValueError(f"check_period must be >= 1 and skip_iters >= 0, got {check_period}, {skip_iters}")
         if lr_multiplier is not None and not isinstance(lr_multiplier, EpochStepMultiplier):
@@ -140,6 +151,8 @@ class TimeBudget(HookBase):
         self.check_period = int(check_period)
         self.freeze_fraction = float(freeze_fraction)
         self._clock = clock
+        self.refresh_deadline = refresh_deadline
+        self.refresh_fraction = float(refresh_fraction)
         self._fractions: List[float] = []
         self._t0: Optional[float] = None
         self._t_last: Optional[float] = None
@@ -173,6 +186,9 @@ class TimeBudget(HookBase):
         average = (now - self._t0) / done
         if not self.frozen and done % self.check_period == 0:
             self.seconds_per_iter = average
+            if self.refresh_deadline is not None and it + 1 >= self.refresh_fraction * self.trainer.max_iter:
+                self._refresh()
+                now = self._clock()
             if it + 1 < self.freeze_fraction * self.trainer.max_iter:
                 fit = it + 1 + max(0, math.floor((self.deadline - now) / average))
                 self._resize(fit)
@@ -185,6 +201,16 @@ class TimeBudget(HookBase):
             logger.warning("TimeBudget: the deadline is near; training ends at iteration %d instead of %d",
                            it + 1, self.trainer.max_iter)
             self._resize(it + 1)  # the step that ran is the last; its checkpoint and evaluation follow
+
+    def _refresh(self) -> None:
+        t = self._clock()
+        deadline = float(self.refresh_deadline(self.trainer))
+        spent = self._clock() - t
+        self._t0 += spent  # not training time
+        self._t_last += spent
+        self.refresh_deadline = None  # once
+        logger.info("TimeBudget: deadline moved by %+.1f s (%.1f s to refresh it)", deadline - self.deadline, spent)
+        self.deadline = deadline
 
     def _resize(self, max_iter: int) -> None:
         if max_iter == self.trainer.max_iter:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from detectron2.config import instantiate
@@ -371,7 +371,12 @@ def _trainer_class(amp: bool):
 
 
 def do_train(
-    cfg, *, resume: bool = False, progress_bar: bool = False, deadline: Optional[float] = None
+    cfg,
+    *,
+    resume: bool = False,
+    progress_bar: bool = False,
+    deadline: Optional[float] = None,
+    refresh_deadline: Optional[Callable[[Any], float]] = None,
 ) -> Dict[str, Any]:
     """Train as ``cfg`` says; ``resolve_epoch_schedule(cfg)`` must have run.
 
@@ -386,6 +391,8 @@ def do_train(
             :class:`TimeBudget` re-sizes ``max_iter`` and the lr decay points from the measured
             throughput (single process; the demo), and ``train.max_iter`` is set to the
             iterations trained. ``None``: ``train.max_iter`` iterations.
+        refresh_deadline (callable): with ``deadline``, ``refresh_deadline(trainer) -> float`` is
+            called once at half of training and returns a better deadline (:class:`TimeBudget`).
 
     Returns:
         dict: the last evaluation results (empty if none ran).
@@ -435,7 +442,7 @@ def do_train(
         if comm.get_world_size() > 1:
             raise ValueError("do_train(deadline=) needs a single process: ranks would re-size apart")
         steps = lr_multiplier if isinstance(lr_multiplier, EpochStepMultiplier) else None
-        budget = TimeBudget(deadline, lr_multiplier=steps)
+        budget = TimeBudget(deadline, lr_multiplier=steps, refresh_deadline=refresh_deadline)
     trainer.register_hooks(
         [
             StepSeeder(seed) if seed is not None and seed >= 0 else None,
