@@ -11,7 +11,8 @@ What it does, in order, printing where everything is at the end:
    (tqdm progress bar) to a deadline: the engine's ``TimeBudget`` re-sizes the schedule from
    the speed of the training loop itself until 60% of it (the start-up timing, on a fresh
    model, was 0.88x-1.28x of a run's real step), times the evaluation again on the half-trained
-   model, and ends training early if the machine slows down after 60%; saves ``model_final.pth``, evaluates box and mask AP on ``shapes_val``;
+   model, and ends training early if the machine slows down after 60%; saves
+   ``model_final.pth``, evaluates box and mask AP on ``shapes_val``;
 4. writes ``predictions.png``: a few val images with their ground truth (left) and the model's
    predictions (right), drawn by detectron2's ``Visualizer``, and ``demo_metrics.json``.
 
@@ -29,7 +30,6 @@ import statistics
 import sys
 import time
 from typing import Dict, Optional, Sequence
-
 
 
 def _process_age_s() -> float:
@@ -196,14 +196,7 @@ def _time_steps(cfg, num_steps: int = 5, threads: Sequence[int] = ()) -> Dict[st
     best = min(per_thread, key=per_thread.get)
     torch.set_num_threads(best)
     model.eval()
-    inputs = _val_inputs(cfg, 3)
-    timed = inputs[1:] or inputs  # a one-image val set: timed after its warm-up call
-    with torch.no_grad():
-        model(inputs[0])
-        t0 = time.perf_counter()
-        for x in timed:
-            model(x)
-        per_image = (time.perf_counter() - t0) / sum(len(x) for x in timed)
+    per_image = _seconds_per_val_image(model, _val_inputs(cfg, 3))
     return {"train_step_s": per_thread[best], "infer_image_s": per_image, "threads": float(best)}
 
 
@@ -216,6 +209,20 @@ def _val_inputs(cfg, n: int) -> list:
     return list(itertools.islice(instantiate(cfg.dataloader.test), n))
 
 
+def _seconds_per_val_image(model, inputs: list) -> float:
+    """Inference seconds per image of ``model`` (in eval mode) on ``inputs``, after one untimed
+    call on the first (kernels for the inference shapes); a one-batch list is timed after it."""
+    import torch
+
+    timed = inputs[1:] or inputs
+    with torch.no_grad():
+        model(inputs[0])
+        t0 = time.perf_counter()
+        for x in timed:
+            model(x)
+        return (time.perf_counter() - t0) / sum(len(x) for x in timed)
+
+
 def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[Dict] = None):
     """A ``refresh_deadline`` for the engine's ``TimeBudget``: when called (half-way through
     training), it times the model being trained on a few val images and returns ``end`` less the
@@ -224,8 +231,6 @@ def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[
     The val images are loaded now, not during training. ``report["infer_image_trained_s"]`` gets
     the measured seconds per image.
     """
-    import torch
-
     inputs = _val_inputs(cfg, _REFRESH_IMAGES + 1)
 
     def refresh(trainer) -> float:
@@ -233,18 +238,12 @@ def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[
         was_training = model.training
         model.eval()
         try:
-            timed = inputs[1:] or inputs  # a one-image val set: timed after its warm-up call
-            with torch.no_grad():
-                model(inputs[0])  # first call: kernels for the inference shapes
-                t0 = time.perf_counter()
-                for x in timed:
-                    model(x)
-                per_image = (time.perf_counter() - t0) / len(timed)
+            per_image = _seconds_per_val_image(model, inputs)
         finally:
             model.train(was_training)
         if report is not None:
             report["infer_image_trained_s"] = per_image
-        logger.info("Inference on the half-trained model: %.3f s an image (%d val images)", per_image, len(timed))
+        logger.info("Inference on the half-trained model: %.3f s an image", per_image)
         return end - per_image * num_val * _EVAL_SLACK
 
     return refresh
