@@ -132,3 +132,39 @@ def test_unsafe_member_path_is_refused(tmp_path):
 def test_installed_detectron2_is_recognised():
     state = bootstrap.detectron2_state(sys.executable)
     assert state == ("official" if compat.has_extension() else "registry")
+
+
+def test_too_little_disk_is_refused_before_pip_naming_need_and_free(tmp_path, monkeypatch):
+    monkeypatch.delenv("AFA_D2_MIN_FREE_GB", raising=False)
+    with pytest.raises(bootstrap.BootstrapError) as e:
+        bootstrap.check_free_space(str(tmp_path), free_bytes=int(3.4e9))
+    msg = str(e.value)
+    assert "7.0 GB free in {}".format(tmp_path) in msg and "3.4 GB is free" in msg
+    assert "AFA_D2_MIN_FREE_GB" in msg
+    bootstrap.check_free_space(str(tmp_path), free_bytes=int(7.1e9))  # enough passes
+    monkeypatch.setenv("AFA_D2_MIN_FREE_GB", "0")  # 0 turns the check off
+    bootstrap.check_free_space(str(tmp_path), free_bytes=0)
+    monkeypatch.setenv("AFA_D2_MIN_FREE_GB", "1.5")
+    with pytest.raises(bootstrap.BootstrapError, match="1.5 GB free"):
+        bootstrap.check_free_space(str(tmp_path), free_bytes=int(1e9))
+
+
+def test_min_free_setting_that_is_not_a_number_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFA_D2_MIN_FREE_GB", "lots")
+    with pytest.raises(bootstrap.BootstrapError, match="AFA_D2_MIN_FREE_GB='lots' is not a number"):
+        bootstrap.check_free_space(str(tmp_path), free_bytes=int(1e12))
+
+
+def test_main_refuses_a_full_disk_before_installing_torch(tmp_path, monkeypatch, capsys):
+    """The whole path: a venv without torch on a 'full' disk stops with exit 1 and the
+    free-space message, and pip is never asked to install anything."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(bootstrap, "probe", lambda py, code: False)
+    monkeypatch.setattr(bootstrap.shutil, "disk_usage", lambda p: type("U", (), {"free": 10**8})())
+    monkeypatch.setattr(bootstrap, "pip", lambda *a, **k: pytest.fail("pip ran on a full disk"))
+    monkeypatch.delenv("AFA_D2_MIN_FREE_GB", raising=False)
+    assert bootstrap.main(["--venv", str(venv), "--cache-dir", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "0.1 GB is free" in err and str(venv) in err

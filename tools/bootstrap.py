@@ -39,6 +39,11 @@ REGISTRY_VERSION = "0.6+pypi.noext"
 # A range, not a pin: a user keeps their own (CUDA) build when it falls inside it.
 DEFAULT_TORCH_SPEC = "torch>=2.1,<3 torchvision>=0.16,<1"
 
+# What installing PyTorch needs free where the venv lives: the default x86_64 wheels are
+# CUDA builds, about 5.6 GB installed. Set AFA_D2_MIN_FREE_GB (0 turns the check off),
+# e.g. for a CPU build chosen through AFA_D2_TORCH_SPEC.
+DEFAULT_MIN_FREE_GB = 7.0
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -96,9 +101,31 @@ def pip(py, *args, what):
     return run([py, "-m", "pip", "--disable-pip-version-check", *args], what)
 
 
+def check_free_space(path, free_bytes=None):
+    """Refuse to start an install that cannot fit: pip's own "No space left on device"
+    comes minutes in, half-way through the wheels, and does not say how much is needed."""
+    raw = os.environ.get("AFA_D2_MIN_FREE_GB", str(DEFAULT_MIN_FREE_GB))
+    try:
+        need_gb = float(raw)
+    except ValueError:
+        raise BootstrapError("AFA_D2_MIN_FREE_GB={!r} is not a number of GB "
+                             "(expected e.g. 7, or 0 to skip the check)".format(raw)) from None
+    if need_gb <= 0:
+        return
+    if free_bytes is None:
+        free_bytes = shutil.disk_usage(path).free
+    if free_bytes < need_gb * 1e9:
+        raise BootstrapError(
+            "installing PyTorch needs about {:.1f} GB free in {}, but {:.1f} GB is free. "
+            "Free some space (e.g. old clones' .venv folders), put the venv elsewhere with "
+            "`make setup VENV=/big/disk/venv`, or set AFA_D2_MIN_FREE_GB to a smaller figure "
+            "for a smaller build (AFA_D2_TORCH_SPEC).".format(need_gb, path, free_bytes / 1e9))
+
+
 def ensure_torch(py):
     if probe(py, "import torch, torchvision"):
         return
+    check_free_space(os.path.dirname(os.path.dirname(py)))
     spec = os.environ.get("AFA_D2_TORCH_SPEC", DEFAULT_TORCH_SPEC).split()
     log("installing " + " ".join(spec) + " (set AFA_D2_TORCH_SPEC to choose another build)")
     pip(py, "install", "-q", *spec, what="installing PyTorch (" + " ".join(spec) + ")")
