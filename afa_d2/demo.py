@@ -251,14 +251,17 @@ def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[
 
 def _size_schedule(cfg, num_train: int, max_iter: int) -> None:
     """Set ``train.epochs`` (fractional) so that the engine resolves it to ``max_iter`` iterations,
-    with the paper's decays at 8/12 and 11/12 of training and one evaluation and checkpoint at the end."""
+    with the lr decays at the config's fractions of training (the paper's 8/12 and 11/12 in the
+    shapes configs; an override of ``lr_multiplier.decay_epochs`` moves them) and one evaluation
+    and checkpoint at the end."""
     batch = int(cfg.dataloader.train.total_batch_size)
     ipe = math.ceil(num_train / batch)
     epochs = max_iter / ipe
+    config_epochs = float(cfg.train.epochs)
+    fractions = [float(e) / config_epochs for e in cfg.lr_multiplier.decay_epochs]
     cfg.train.images_per_epoch = num_train
     cfg.train.epochs = epochs
-    base_epochs = 12.0
-    cfg.lr_multiplier.decay_epochs = [e * epochs / base_epochs for e in (8, 11)]
+    cfg.lr_multiplier.decay_epochs = [f * epochs for f in fractions]
     cfg.lr_multiplier.warmup_iters = min(int(cfg.lr_multiplier.warmup_iters), max(1, max_iter // 10))
     cfg.train.checkpointer.period_epochs = epochs
     cfg.train.eval_period_epochs = epochs

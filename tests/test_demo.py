@@ -53,6 +53,18 @@ def test_schedule_sized_to_max_iter(num_train, max_iter):
     assert 1 <= info.warmup_iters <= max(1, max_iter // 10)
 
 
+def test_schedule_keeps_overridden_decay_fractions():
+    """``lr_multiplier.decay_epochs=[3.4,3.8]`` on the command line (4-epoch config: 0.85 and 0.95
+    of training) moves the demo's decays with it instead of being replaced by 8/12 and 11/12."""
+    from afa_d2.engine import resolve_epoch_schedule
+
+    args = demo.parse_args(["lr_multiplier.decay_epochs=[3.4,3.8]"])
+    cfg = demo._load_config(args, {"train": "shapes_train", "val": "shapes_val"})
+    demo._size_schedule(cfg, 2000, 1000)
+    info = resolve_epoch_schedule(cfg, num_images=2000)
+    assert info.max_iter == 1000 and info.decay_iters == [850, 950]
+
+
 def test_tiny_demo_writes_checkpoint_metrics_and_png(tmp_path, monkeypatch, capsys):
     import cv2
 
