@@ -49,6 +49,8 @@ import afa_d2  # noqa: F401  (compat patches before detectron2)
 import torch
 from torch import nn
 
+from afa_d2.modeling.aggregation import use_checkpoint_mlp, use_reference_path
+
 OPS = ("sum", "concat", "mssa", "msca")
 MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
 ATTENTION_OPS = ("mssa", "msca")
@@ -76,12 +78,6 @@ def split_variant(name: str):
     if name.endswith(REF_SUFFIX):
         return name[: -len(REF_SUFFIX)], True
     return name, False
-
-
-def _set_reference(model: nn.Module, reference: bool) -> None:
-    from afa_d2.modeling.aggregation import use_reference_path
-
-    use_reference_path(model, reference)
 
 
 # --------------------------------------------------------------------------------------- FLOPs
@@ -274,7 +270,7 @@ def measure_inference(
                 models[op] = built.to(device).eval()
             model = models[op]
             neck = model.backbone
-            _set_reference(model, reference)
+            use_reference_path(model, reference)
             res: Dict[str, Any] = {
                 "op": name,
                 "neck_params": _params(neck) - _params(neck.bottom_up),
@@ -297,11 +293,11 @@ def measure_inference(
             counts[name] = {}
 
             def run_neck(model=model, neck=neck, feats=feats, reference=reference):
-                _set_reference(model, reference)
+                use_reference_path(model, reference)
                 neck.aggregate(feats)
 
             def run_model(model=model, reference=reference, c=counts[name]):
-                _set_reference(model, reference)
+                use_reference_path(model, reference)
                 hook = model.proposal_generator.register_forward_hook(
                     lambda m, i, o: c.__setitem__("proposals", len(o[0][0]))
                 )
@@ -322,7 +318,7 @@ def measure_inference(
         res.update(counts[name])
         res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
     for model in models.values():
-        _set_reference(model, False)
+        use_reference_path(model, False)
     return results
 
 
@@ -420,9 +416,7 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
         model = _build(op, args, shared_state_dict(args)).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = [_train_batch(args.height, args.width, device)]
-    _set_reference(model, reference)
-    from afa_d2.modeling.aggregation import use_checkpoint_mlp
-
+    use_reference_path(model, reference)
     use_checkpoint_mlp(model, name.endswith(CKPT_SUFFIX))
 
     from detectron2.utils.events import EventStorage
