@@ -5,8 +5,9 @@ What it does, in order, printing where everything is at the end:
 1. generates the built-in ``shapes`` dataset into the cache (first run only; SPEC §5);
 2. times a few training steps and an inference, and sizes the schedule so that training and
    evaluation fit in ``--minutes`` (default 10, counted from the process's start, dataset
-   generation included): the schedule keeps the shape of the paper's (warm-up, lr x 0.1 at
-   8/12 and 11/12 of training) and the engine turns it into iterations, as for every config;
+   generation included): the schedule keeps the config's shape (warm-up, lr x 0.1 at its
+   fractions of training: 0.85 and 0.95 in the shapes configs) and the engine turns it into
+   iterations, as for every config;
 3. trains ``configs/shapes/mask_rcnn_R_18_msca.py`` with ``afa_d2.engine.do_train``
    (tqdm progress bar) to a deadline: the engine's ``TimeBudget`` re-sizes the schedule from
    the speed of the training loop itself until 60% of it (the start-up timing, on a fresh
@@ -251,9 +252,9 @@ def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[
 
 def _size_schedule(cfg, num_train: int, max_iter: int) -> None:
     """Set ``train.epochs`` (fractional) so that the engine resolves it to ``max_iter`` iterations,
-    with the lr decays at the config's fractions of training (the paper's 8/12 and 11/12 in the
-    shapes configs; an override of ``lr_multiplier.decay_epochs`` moves them) and one evaluation
-    and checkpoint at the end."""
+    with the lr decays at the config's fractions of training (0.85 and 0.95 in the shapes configs;
+    an override of ``lr_multiplier.decay_epochs`` moves them) and one evaluation and checkpoint at
+    the end."""
     batch = int(cfg.dataloader.train.total_batch_size)
     ipe = math.ceil(num_train / batch)
     epochs = max_iter / ipe

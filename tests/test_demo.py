@@ -40,7 +40,8 @@ def test_default_config_is_the_shapes_msca_config():
 
 @pytest.mark.parametrize("num_train,max_iter", [(2000, 137), (2000, 1), (16, 40)])
 def test_schedule_sized_to_max_iter(num_train, max_iter):
-    """The demo's fractional epochs resolve to exactly max_iter, with decays at 8/12 and 11/12."""
+    """The demo's fractional epochs resolve to exactly max_iter, with the shapes config's decays
+    at 0.85 and 0.95 of training."""
     from afa_d2.engine import resolve_epoch_schedule
     from detectron2.config import LazyConfig
 
@@ -48,21 +49,21 @@ def test_schedule_sized_to_max_iter(num_train, max_iter):
     demo._size_schedule(cfg, num_train, max_iter)
     info = resolve_epoch_schedule(cfg, num_images=num_train)
     assert info.max_iter == cfg.train.max_iter == max_iter
-    assert info.decay_iters == [round(max_iter * 8 / 12), round(max_iter * 11 / 12)]
+    assert info.decay_iters == [round(max_iter * 0.85), round(max_iter * 0.95)]
     assert cfg.train.eval_period == max_iter and cfg.train.checkpointer.period == max_iter
     assert 1 <= info.warmup_iters <= max(1, max_iter // 10)
 
 
 def test_schedule_keeps_overridden_decay_fractions():
-    """``lr_multiplier.decay_epochs=[3.4,3.8]`` on the command line (4-epoch config: 0.85 and 0.95
-    of training) moves the demo's decays with it instead of being replaced by 8/12 and 11/12."""
+    """``lr_multiplier.decay_epochs=[2,3]`` on the command line (4-epoch config: 0.5 and 0.75
+    of training) moves the demo's decays with it instead of being replaced by the config's."""
     from afa_d2.engine import resolve_epoch_schedule
 
-    args = demo.parse_args(["lr_multiplier.decay_epochs=[3.4,3.8]"])
+    args = demo.parse_args(["lr_multiplier.decay_epochs=[2,3]"])
     cfg = demo._load_config(args, {"train": "shapes_train", "val": "shapes_val"})
     demo._size_schedule(cfg, 2000, 1000)
     info = resolve_epoch_schedule(cfg, num_images=2000)
-    assert info.max_iter == 1000 and info.decay_iters == [850, 950]
+    assert info.max_iter == 1000 and info.decay_iters == [500, 750]
 
 
 def test_tiny_demo_writes_checkpoint_metrics_and_png(tmp_path, monkeypatch, capsys):

@@ -12,8 +12,8 @@ results to ``<output-dir>/table1_shapes.{md,json}`` after every operator. Not pa
     python tools/table1_shapes.py --max-iter 300
     python tools/table1_shapes.py --arch cascade_mask_rcnn --ops sum mssa msca --max-iter 300
 
-The schedule keeps the paper's shape at any length (warm-up, lr x 0.1 at 8/12 and 11/12 of
-training; ``afa_d2.demo._size_schedule``). On the paper's claim: the ``marker_*`` classes of
+The schedule keeps the shapes configs' shape at any length (warm-up, lr x 0.1 at 0.85 and 0.95
+of training; ``afa_d2.demo._size_schedule``). On the paper's claim: the ``marker_*`` classes of
 ``shapes`` differ only by a distant scene band, so the per-class AP of those three (in the json)
 is where global, cross-scale context should help most.
 """

@@ -11,8 +11,8 @@ itself and re-sizes the schedule while that is still harmless:
   at ``deadline``; the learning-rate decay points move with ``max_iter`` (they keep their
   fraction of training), the warm-up keeps its length in iterations;
 * it stops re-sizing once training reaches ``freeze_fraction`` of ``max_iter`` (before the
-  first decay of the paper's schedule, at 8/12), so the lr a step used never changes after
-  the fact;
+  first lr decay: 8/12 in the paper's schedule, 0.85 in the shapes configs), so the lr a step
+  used never changes after the fact;
 * at any step, it ends training if the next step would end past the deadline (a machine that
   slowed down); the final checkpoint and evaluation still run, as at any last iteration.
 
