@@ -40,9 +40,9 @@ REGISTRY_VERSION = "0.6+pypi.noext"
 DEFAULT_TORCH_SPEC = "torch>=2.1,<3 torchvision>=0.16,<1"
 
 # What installing PyTorch needs free where the venv lives: the default x86_64 wheels are
-# CUDA builds, about 5.6 GB installed. Set AFA_D2_MIN_FREE_GB (0 turns the check off),
-# e.g. for a CPU build chosen through AFA_D2_TORCH_SPEC.
-DEFAULT_MIN_FREE_GB = 7.0
+# CUDA builds, about 5.6 GB (6.0 GB for the whole venv). Set AFA_D2_MIN_FREE_GB (0 turns the
+# check off), e.g. for a CPU build chosen through AFA_D2_TORCH_SPEC.
+DEFAULT_MIN_FREE_GB = 6.5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +109,7 @@ def check_free_space(path, free_bytes=None):
         need_gb = float(raw)
     except ValueError:
         raise BootstrapError("AFA_D2_MIN_FREE_GB={!r} is not a number of GB "
-                             "(expected e.g. 7, or 0 to skip the check)".format(raw)) from None
+                             "(expected e.g. 6.5, or 0 to skip the check)".format(raw)) from None
     if need_gb <= 0:
         return
     if free_bytes is None:
