@@ -83,8 +83,8 @@ train.device = "cpu"
 train.seed = 0
 train.images_per_epoch = None  # counted from shapes_train at start-up (2000)
 # A few epochs and a short warm-up. The decays come later than the paper's 8/12 and 11/12: at the
-# demo's length (1130 iterations, `--max-iter 1130 --threads 1`), 0.85 / 0.95 gave box AP50 28.2 and
-# 27.8 against 24.8 and 26.3 (seeds 0 and 1).
+# demo's length (1130 iterations, `--max-iter 1130 --threads 1`), 0.85 / 0.95 gave box AP50 28.2,
+# 27.8 and 26.9 against 24.8, 26.3 and 24.9 (seeds 0, 1 and 2).
 train.epochs = 4
 lr_multiplier.decay_epochs = [4 * 0.85, 4 * 0.95]
 lr_multiplier.warmup_iters = 100
