@@ -136,6 +136,42 @@ def test_shape_mismatch_says_which_keys_and_what_was_loaded(tmp_path, caplog):
     assert e.value.report.mismatched[0][0] == "head.weight"
 
 
+def test_failed_load_leaves_the_checkpointer_usable(tmp_path, monkeypatch):
+    """A load that raises (refused pickle, shapes that do not fit, no such file) must not leave
+    detectron2's per-load state behind: the same checkpointer then loads a good file, and its
+    report describes that file. (Latest detectron2 asserts ``_parsed_url_during_load is None``
+    at the start of every load and clears it only after a successful one.)"""
+    monkeypatch.delenv(ck.TRUST_ENV, raising=False)
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    untrusted = str(downloaded / "odd.pth")
+    torch.save({"model": Net().state_dict(), "extra": Opaque()}, untrusted)
+    five = str(downloaded / "five_classes.pth")
+    torch.save({"model": Net(classes=5).state_dict()}, five)
+    good_src = Net()
+    good = str(downloaded / "good.pth")
+    torch.save({"model": good_src.state_dict()}, good)
+
+    model = Net()
+    c = AtomicCheckpointer(model, str(tmp_path / "run"), strict_shapes=True)
+    failures = [
+        (untrusted, UntrustedCheckpointError),
+        (five, CheckpointShapeError),
+        (str(downloaded / "missing.pth"), (OSError, AssertionError)),
+    ]
+    for path, error in failures:
+        with pytest.raises(error):
+            c.load(path)
+        assert getattr(c, "_parsed_url_during_load", None) is None, path
+        c.load(good)  # the next load works, and loads everything
+        assert c.last_load_report.path == good and c.last_load_report.fits
+        assert len(c.last_load_report.loaded) == len(model.state_dict())
+        for (name, a), b in zip(model.state_dict().items(), good_src.state_dict().values()):
+            assert torch.equal(a, b), (path, name)
+        with torch.no_grad():  # so that the next round's load must write the weights again
+            model.head.bias.add_(1.0)
+
+
 def test_failed_write_leaves_previous_checkpoint_and_tag(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     model = Net()

@@ -286,8 +286,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     # -- loading ------------------------------------------------------------------------------
     def load(self, path: str, *args, **kwargs):
+        """``DetectionCheckpointer.load``, leaving the checkpointer usable when the load raises.
+
+        detectron2 (after v0.6) keeps the URL being loaded in ``_parsed_url_during_load`` and
+        asserts it is ``None`` when a load starts; it clears it only when the load succeeds.
+        A refused or failed load (untrusted pickle, shape error, missing file) would leave it
+        set, and every later load of the same checkpointer would fail that assertion.
+        """
         self._loading_path = path
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading_path = ""
+            if hasattr(self, "_parsed_url_during_load"):
+                self._parsed_url_during_load = None
 
     def _load_file(self, filename: str):
         if filename.endswith((".pkl", ".pyth")):
