@@ -9,8 +9,9 @@
 ``--config-file`` is a LazyConfig ``.py`` (see ``docs/DESIGN.md``; the schedule is in epochs and
 is converted to iterations at start-up, the arithmetic is logged) or a yacs ``.yaml`` using the
 registered backbone. Several GPUs or machines go through detectron2's ``launch``
-(torch.distributed; gloo when there is no CUDA). Without CUDA, ``train.device`` becomes ``cpu``.
-The loop itself is :mod:`afa_d2.engine`.
+(torch.distributed; gloo when there is no CUDA), through :func:`afa_d2.engine.launch`, which
+ends every worker's process group after a successful run so that it exits 0. Without CUDA,
+``train.device`` becomes ``cpu``. The loop itself is :mod:`afa_d2.engine`.
 """
 import afa_d2  # noqa: F401  (detectron2 compat patches; must precede any detectron2 import)
 
@@ -19,9 +20,9 @@ import os
 
 import torch
 from detectron2.config import LazyConfig
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
-from afa_d2.engine import apply_overrides, do_eval_only, do_train, resolve_epoch_schedule
+from afa_d2.engine import apply_overrides, do_eval_only, do_train, launch, resolve_epoch_schedule
 from afa_d2.engine.overrides import UnknownConfigKeyError
 from afa_d2.engine.schedule import ensure_schedule_keys
 from afa_d2.engine.train_loop import default_setup

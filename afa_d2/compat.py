@@ -24,7 +24,10 @@ patch                  why
                        restored there only.
 ``cpu_launch``         v0.6's ``engine/launch.py`` asserts CUDA and hard-codes NCCL, so
                        ``--num-gpus 2`` cannot run on CPU. The worker is replaced by one that
-                       picks gloo without CUDA (what later official versions do).
+                       picks gloo without CUDA (what later official versions do) and, after
+                       a successful ``main_func``, ends its process group
+                       (:func:`afa_d2.engine.launch.end_process_group`: a group left to
+                       interpreter exit can abort a finished worker with SIGABRT).
 =====================  ====================================================================
 
 Two v0.6 needs are met by dependencies rather than patches: ``model_zoo`` imports
@@ -153,7 +156,8 @@ def _patch_numpy_bool() -> bool:
 def _cpu_capable_worker(
     local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout=None
 ):
-    """detectron2 v0.6's ``launch._distributed_worker``, with gloo when there is no CUDA."""
+    """detectron2 v0.6's ``launch._distributed_worker``, with gloo when there is no CUDA, that
+    ends its process group after a successful ``main_func``."""
     import torch
     import torch.distributed as dist
     from detectron2.utils import comm
@@ -188,6 +192,9 @@ def _cpu_capable_worker(
         torch.cuda.set_device(local_rank)
     comm.synchronize()
     main_func(*args)
+    from afa_d2.engine.launch import end_process_group
+
+    end_process_group()
 
 
 def _patch_cpu_launch() -> None:

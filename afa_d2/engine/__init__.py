@@ -2,6 +2,7 @@
 train/eval loop that ``train_net.py`` drives (see ``docs/DESIGN.md``, "Engine")."""
 from .checkpoint import AtomicCheckpointer, CheckpointShapeError, LoadReport, UntrustedCheckpointError
 from .deadline import TimeBudget
+from .launch import end_process_group, launch
 from .overrides import UnknownConfigKeyError, apply_overrides, flatten_keys
 from .schedule import ScheduleInfo, epoch_lr_multiplier, epochs_to_iters, resolve_epoch_schedule
 from .train_loop import (
@@ -28,6 +29,8 @@ __all__ = [
     "DeterministicTrainingSampler",
     "ProgressBar",
     "TimeBudget",
+    "end_process_group",
+    "launch",
     "create_ddp_model",
     "do_eval_only",
     "do_test",
