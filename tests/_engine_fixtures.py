@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from functools import partial
@@ -257,10 +256,13 @@ def write_config(path: str, kind: str, data_root: str, output_dir: str, **kwargs
 
 # ---------------------------------------------------------------------------------------------
 # running train_net.py
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous_url(directory: str) -> str:
+    """A ``--dist-url`` for workers on this machine that needs no port: a file (``FileStore``)
+    in ``directory``, which must not exist yet. A free TCP port found here and released before
+    the workers bind it could be taken by another process in between; a file cannot."""
+    path = os.path.join(os.path.abspath(directory), "rendezvous")
+    assert not os.path.exists(path), "{} exists: the workers would read a stale store".format(path)
+    return "file://" + path
 
 
 def train_net_env() -> Dict[str, str]:
@@ -273,7 +275,7 @@ def train_net_cmd(config: str, *args: str) -> List[str]:
     return [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config, *args]
 
 
-def run_train_net(config: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_train_net(config: str, *args: str, timeout: float = 540) -> subprocess.CompletedProcess:
     return subprocess.run(train_net_cmd(config, *args), cwd=REPO, env=train_net_env(),
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,11 +1,14 @@
-"""Faults: SIGKILL at a random point then --resume; a kill during a checkpoint write."""
+"""Faults: SIGKILL at a chosen point of training then --resume; a kill during a checkpoint write.
+
+Every kill here happens at a point fixed by the test, from inside the process (a patched
+function sends SIGKILL to its own process), never by a timer: the outcome does not depend on how
+fast the host is, and a failure names the exact point.
+"""
 import os
-import random
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -34,35 +37,79 @@ def _last_checkpoint_iter(out):
 OPTS = ["train.checkpointer.period=1", "train.checkpointer.max_to_keep=2", "train.eval_period=-1",
         "+train.deterministic=True"]
 
+# Runs train_net.py in this process after patching one function to SIGKILL the process at a
+# fixed point: right after checkpoint model_<k> is written and tagged ("after_checkpoint"), or
+# in iteration k's optimizer step, after its forward and backward ("in_step", so the last
+# checkpoint is k - 1 and the step's work is lost).
+KILL_AT = textwrap.dedent(
+    """
+    import os, runpy, signal, sys
+    where, k, train_net = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    sys.argv = [train_net] + sys.argv[4:]
+    import afa_d2  # noqa
+    import torch
+    from afa_d2.engine.checkpoint import AtomicCheckpointer
 
-def test_sigkill_then_resume_equals_uninterrupted_run(data_root, tmp_path):
+    def die():
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if where == "after_checkpoint":
+        real_save = AtomicCheckpointer.save
+
+        def save(self, name, **kwargs):
+            real_save(self, name, **kwargs)
+            if name == "model_{:07d}".format(k):
+                die()
+
+        AtomicCheckpointer.save = save
+    else:
+        real_step, steps = torch.optim.AdamW.step, []
+
+        def step(self, *args, **kwargs):
+            steps.append(1)
+            if len(steps) == k + 1:  # iteration k (iterations count from 0)
+                die()
+            return real_step(self, *args, **kwargs)
+
+        torch.optim.AdamW.step = step
+    runpy.run_path(train_net, run_name="__main__")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_root, tmp_path_factory):
+    """The uninterrupted run both kill points are compared with (trained once)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    out = str(tmp / "out")
+    cfg = fx.write_config(str(tmp / "ref.py"), "mask_rcnn", data_root, out, max_iter=MAX_ITER)
+    ref = fx.run_train_net(cfg, *OPTS)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    return out
+
+
+@pytest.mark.parametrize("where,k,last_saved", [("after_checkpoint", 2, 2), ("in_step", 6, 5)])
+def test_sigkill_then_resume_equals_uninterrupted_run(where, k, last_saved, data_root, reference_run, tmp_path):
     """Mask R-CNN (random RPN/ROI sampling inside) killed with SIGKILL, resumed: same weights."""
-    ref_out, cut_out = str(tmp_path / "reference"), str(tmp_path / "interrupted")
-    ref_cfg = fx.write_config(str(tmp_path / "ref.py"), "mask_rcnn", data_root, ref_out, max_iter=MAX_ITER)
+    ref_out, cut_out = reference_run, str(tmp_path / "interrupted")
     cut_cfg = fx.write_config(str(tmp_path / "cut.py"), "mask_rcnn", data_root, cut_out, max_iter=MAX_ITER)
 
-    rng = random.Random()  # a random point, reported on failure
-    kill_after = rng.randint(1, MAX_ITER - 5)
-    extra_delay = rng.uniform(0.0, 0.05)
-    proc = subprocess.Popen(fx.train_net_cmd(cut_cfg, *OPTS), cwd=fx.REPO, env=fx.train_net_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while _last_checkpoint_iter(cut_out) < kill_after and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    time.sleep(extra_delay)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "run ended before the kill (rc={}):\n{}".format(proc.returncode, err[-3000:])
-    killed_at = _last_checkpoint_iter(cut_out)
-    assert 0 <= killed_at < MAX_ITER - 1, (kill_after, killed_at)
+    script = tmp_path / "kill_at.py"
+    script.write_text(KILL_AT)
+    cmd = [sys.executable, str(script), where, str(k), os.path.join(fx.REPO, "train_net.py"),
+           "--config-file", cut_cfg, *OPTS]
+    proc = subprocess.run(cmd, cwd=fx.REPO, env=fx.train_net_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=540)
+    assert proc.returncode == -signal.SIGKILL, "run was not killed {} {} (rc={}):\n{}".format(
+        where, k, proc.returncode, proc.stderr[-3000:])
+    assert _last_checkpoint_iter(cut_out) == last_saved, (where, k, os.listdir(cut_out))
     assert not os.path.exists(os.path.join(cut_out, "model_final.pth"))
 
-    ref = fx.run_train_net(ref_cfg, *OPTS)
-    assert ref.returncode == 0, ref.stderr[-4000:]
     resumed = fx.run_train_net(cut_cfg, "--resume", *OPTS)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     log = resumed.stdout + resumed.stderr
-    assert "Starting training from iteration {}".format(killed_at + 1) in log, (killed_at, log[-3000:])
+    assert "Starting training from iteration {}".format(last_saved + 1) in log, (where, k, log[-3000:])
 
     for out in (ref_out, cut_out):
         ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)
@@ -71,13 +118,13 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_root, tmp_path):
     b = fx.load_model_state(os.path.join(cut_out, "model_final.pth"))
     assert sorted(a) == sorted(b)
     different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, "killed after checkpoint {} (+{:.3f}s), resumed: {} tensors differ, e.g. {}: max |diff| {:.3g}".format(
-        killed_at, extra_delay, len(different), different[0], (a[different[0]] - b[different[0]]).abs().max().item())
+    assert not different, "killed {} {}, resumed from {}: {} tensors differ, e.g. {}: max |diff| {:.3g}".format(
+        where, k, last_saved, len(different), different[0], (a[different[0]] - b[different[0]]).abs().max().item())
     # the lr after the resume point is the reference's, iteration by iteration (losses in
     # metrics.json are medians over a 20-iteration window, which a resumed run restarts)
     ref_lr = {m["iteration"]: m["lr"] for m in fx.read_metrics(ref_out) if "lr" in m}
     cut_lr = {m["iteration"]: m["lr"] for m in fx.read_metrics(cut_out) if "lr" in m}
-    resumed_iters = range(killed_at + 1, MAX_ITER)
+    resumed_iters = range(last_saved + 1, MAX_ITER)
     assert [cut_lr[it] for it in resumed_iters] == [ref_lr[it] for it in resumed_iters]
 
 
@@ -128,7 +175,7 @@ def test_kill_during_checkpoint_write_keeps_last_checkpoint_loadable(what, tmp_p
     script = tmp_path / "die.py"
     script.write_text(KILL_DURING_WRITE)
     proc = subprocess.run([sys.executable, str(script), out, what], cwd=fx.REPO, env=fx.train_net_env(),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=540)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     with open(os.path.join(out, "last_checkpoint")) as f:
         tag = f.read()

@@ -62,10 +62,10 @@ def test_two_processes_match_one_process(data_root, tmp_path):
         out = str(tmp_path / "out{}".format(n))
         cfg = fx.write_config(str(tmp_path / "cfg{}.py".format(n)), "toy", data_root, out,
                               max_iter=6, total_batch=8, lr=1e-3)
-        args = ["--num-gpus", str(n), "--dist-url", "tcp://127.0.0.1:{}".format(fx.free_port())]
+        args = ["--num-gpus", str(n), "--dist-url", fx.rendezvous_url(str(tmp_path))]
         if n == 1:  # the configs' default device; there is no CUDA here (CUDA_VISIBLE_DEVICES="")
             args.append("train.device=cuda")
-        proc = fx.run_train_net(cfg, *args, timeout=300)
+        proc = fx.run_train_net(cfg, *args)
         _assert_ok(proc)
         if n == 1:
             assert "CUDA is not available: train.device set to cpu" in proc.stdout + proc.stderr
