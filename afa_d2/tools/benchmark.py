@@ -433,6 +433,7 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
         loss.backward()
         optimizer.step()
 
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if measure == "memory":
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -442,8 +443,7 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
             # process adds is what training adds; the weights were allocated before, so they are
             # counted in bytes, as max_memory_allocated counts them on CUDA.
             base = _rss_bytes()
-            weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            weights += sum(b.numel() * b.element_size() for b in model.buffers())
+            weights = param_bytes + sum(b.numel() * b.element_size() for b in model.buffers())
             reset = _reset_peak_rss()
         for _ in range(max(1, args.warmup) + 1):
             step()
@@ -458,7 +458,7 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
         else:  # no /proc/self/clear_refs: the process's peak, set-up included
             peak = _maxrss_bytes() - base + weights
             how = "weights + peak RSS of the process above its set-up (glibc mmap threshold 16 KiB)"
-        return {"train_peak_mem_bytes": int(peak), "train_mem_measure": how}
+        return {"train_peak_mem_bytes": int(peak), "train_mem_measure": how, "train_param_bytes": param_bytes}
     seconds = _time(step, args.iters, max(1, args.warmup), device)
     return {"train_step_s": seconds}
 
@@ -505,6 +505,7 @@ def measure_training(names: Sequence[str], args: argparse.Namespace) -> Dict[str
             "train_step_spread": _spread(times),
             "train_peak_mem_bytes": int(statistics.median(x["train_peak_mem_bytes"] for x in rs)),
             "train_mem_measure": rs[0]["train_mem_measure"],
+            "train_param_bytes": rs[0]["train_param_bytes"],
         }
     return out
 
