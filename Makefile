@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# `make test-official`: the suite on official detectron2, built from this source into its own venv.
+DETECTRON2_SOURCE ?= git+https://github.com/facebookresearch/detectron2.git
+OFFICIAL_VENV ?= .venv-official
 
-.PHONY: setup demo test test-slow env benchmark clean
+.PHONY: setup demo test test-official test-slow env benchmark clean
 
 setup:
 	@$(PYTHON) tools/bootstrap.py --venv $(VENV)
@@ -15,6 +18,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-official:
+	@$(PYTHON) tools/bootstrap.py --venv $(OFFICIAL_VENV) --detectron2-source "$(DETECTRON2_SOURCE)"
+	$(OFFICIAL_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
@@ -26,4 +33,4 @@ benchmark: setup
 	$(PY) -m afa_d2.tools.benchmark
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(OFFICIAL_VENV) .cache .pytest_cache

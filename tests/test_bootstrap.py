@@ -168,3 +168,39 @@ def test_main_refuses_a_full_disk_before_installing_torch(tmp_path, monkeypatch,
     assert bootstrap.main(["--venv", str(venv), "--cache-dir", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert "0.1 GB is free" in err and str(venv) in err
+
+
+def _fake_venv(tmp_path, monkeypatch, states, calls):
+    """A venv whose torch is there and whose detectron2 state goes through ``states``; pip and
+    the project install are recorded in ``calls``, never run."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(bootstrap, "probe", lambda py, code: True)
+    monkeypatch.setattr(bootstrap, "detectron2_state", lambda py: states.pop(0) if len(states) > 1 else states[0])
+    monkeypatch.setattr(bootstrap, "pip", lambda py, *args, what: calls.append(("pip",) + args))
+    monkeypatch.setattr(bootstrap, "ensure_project", lambda py, extras: calls.append(("project",)))
+    monkeypatch.setattr(bootstrap, "ensure_detectron2", lambda py, cache: calls.append(("registry",)))
+    return venv
+
+
+def test_detectron2_source_builds_official_detectron2_instead_of_the_registry_copy(tmp_path, monkeypatch):
+    calls = []
+    venv = _fake_venv(tmp_path, monkeypatch, ["registry", "official"], calls)
+    assert bootstrap.main(["--venv", str(venv), "--detectron2-source", "/src/detectron2"]) == 0
+    assert calls == [("pip", "install", "-q", "--no-build-isolation", "/src/detectron2"), ("project",)]
+    # set up: a second run does nothing; another source runs the steps again (the stamp names it)
+    calls.clear()
+    assert bootstrap.main(["--venv", str(venv), "--detectron2-source", "/src/detectron2"]) == 0
+    assert calls == []
+    assert bootstrap.main(["--venv", str(venv), "--detectron2-source", "/src/other"]) == 0
+    assert calls == [("project",)]  # the environment has an official build now: kept
+
+
+def test_detectron2_source_that_builds_no_extension_is_an_error(tmp_path, monkeypatch, capsys):
+    calls = []
+    venv = _fake_venv(tmp_path, monkeypatch, ["missing", "registry"], calls)
+    assert bootstrap.main(["--venv", str(venv), "--detectron2-source", "/src/detectron2"]) == 1
+    err = capsys.readouterr().err
+    assert "detectron2 built from /src/detectron2 has no compiled extension" in err and "found: registry" in err
+    assert ("project",) not in calls and not (venv / ".afa_d2-setup-done").exists()

@@ -15,6 +15,11 @@ detectron2 is not on PyPI. The order of preference:
    lacks ``detectron2/layers/csrc``, so its own build cannot succeed). What the extension
    would provide is handled at run time by :mod:`afa_d2.compat`.
 
+``--detectron2-source SRC`` (``make test-official``) asks for an official build instead of
+the registry copy: unless the environment has one already, ``pip install --no-build-isolation
+SRC`` builds it from source (a git URL or a local source folder; needs a C++ compiler and the
+Python headers), and the set-up fails if what was built has no extension.
+
 This file uses the standard library only, and runs on old Pythons far enough to say which
 version is needed.
 """
@@ -265,10 +270,26 @@ def ensure_detectron2(py, cache_dir):
     install_registry_detectron2(py, fetch_sdist(py, cache_dir))
 
 
-def stamp_key(extras):
+def ensure_official_detectron2(py, source):
+    """An official detectron2 (with its compiled extension) in ``py``'s environment: kept if
+    there, else built from ``source`` (a git URL or a source folder) with pip."""
+    if detectron2_state(py) == "official":
+        log("using the installed detectron2 with its compiled extension (official build)")
+        return
+    log("building official detectron2 from {} (a few minutes: its C++ extension compiles)".format(source))
+    pip(py, "install", "-q", "--no-build-isolation", source,
+        what="building detectron2 from {} (needs a C++ compiler and the Python headers)".format(source))
+    state = detectron2_state(py)
+    if state != "official":
+        raise BootstrapError(
+            "detectron2 built from {} has no compiled extension (detectron2._C; found: {}); "
+            "an official build is what --detectron2-source asks for".format(source, state))
+
+
+def stamp_key(extras, detectron2_source=""):
     """What a finished set-up depends on: a change to any of it runs the steps again."""
     parts = [sha256_of(os.path.join(ROOT, "pyproject.toml")), sha256_of(os.path.abspath(__file__)),
-             ",".join(sorted(extras)), os.environ.get("AFA_D2_TORCH_SPEC", "")]
+             ",".join(sorted(extras)), os.environ.get("AFA_D2_TORCH_SPEC", ""), detectron2_source]
     return " ".join(parts)
 
 
@@ -283,21 +304,28 @@ def main(argv=None):
     parser.add_argument("--venv", default=os.path.join(ROOT, ".venv"))
     parser.add_argument("--extras", default="test", help="comma-separated extras of afa_d2")
     parser.add_argument("--cache-dir", default=os.path.join(ROOT, ".cache", "bootstrap"))
+    parser.add_argument("--detectron2-source", default="",
+                        help="build official detectron2 from this git URL or source folder "
+                             "(unless the environment has an official build already)")
     args = parser.parse_args(argv)
     extras = [e for e in args.extras.split(",") if e]
     stamp = os.path.join(args.venv, ".afa_d2-setup-done")
+    key = stamp_key(extras, args.detectron2_source)
     try:
         check_python()
         py = venv_python(os.path.abspath(args.venv))
-        if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == stamp_key(extras):
+        if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == key:
             return 0  # set up already, by this bootstrap, for this pyproject.toml
         py = ensure_venv(os.path.abspath(args.venv))
         ensure_torch(py)
         # detectron2 before afa_d2: afa_d2's editable install then finds it in place.
-        ensure_detectron2(py, args.cache_dir)
+        if args.detectron2_source:
+            ensure_official_detectron2(py, args.detectron2_source)
+        else:
+            ensure_detectron2(py, args.cache_dir)
         ensure_project(py, extras)
         with open(stamp, "w") as f:
-            f.write(stamp_key(extras))
+            f.write(key)
     except BootstrapError as e:
         print("[afa_d2 setup] ERROR: {}".format(e), file=sys.stderr)
         return 1
