@@ -19,27 +19,15 @@ import logging
 import os
 
 import torch
-from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser
 
-from afa_d2.engine import apply_overrides, do_eval_only, do_train, launch, resolve_epoch_schedule
+from afa_d2.engine import do_eval_only, do_train, launch, load_config, resolve_epoch_schedule
 from afa_d2.engine.overrides import UnknownConfigKeyError
-from afa_d2.engine.schedule import ensure_schedule_keys
 from afa_d2.engine.train_loop import default_setup
 
 logger = logging.getLogger("afa_d2.train_net")
 
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def load_config(path, opts):
-    """LazyConfig at ``path`` with the command-line overrides applied (keys validated)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError("--config-file {!r}: no such file (cwd: {})".format(path, os.getcwd()))
-    cfg = LazyConfig.load(path)
-    ensure_schedule_keys(cfg)  # train.checkpointer.period etc. become overridable
-    apply_overrides(cfg, opts)
-    return cfg
 
 
 def fall_back_to_cpu(cfg):

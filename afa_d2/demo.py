@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -61,7 +60,7 @@ logger = logging.getLogger("afa_d2.demo")
 
 DEFAULT_CONFIG = os.path.join("configs", "shapes", "mask_rcnn_R_18_msca.py")
 # shapes_train / shapes_val as registered by ``import afa_d2`` (afa_d2.data.shapes.register_shapes)
-DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL = 2000, 200
+from afa_d2.data.shapes.catalog import DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL  # noqa: E402
 # Time kept aside (seconds) after training: the final checkpoint, the COCO evaluation itself
 # (inference is estimated apart), drawing the PNG, and the process's exit.
 _OVERHEAD_S = 15.0
@@ -122,36 +121,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _dataset_names(num_train: int, num_val: int) -> Dict[str, str]:
-    """shapes_train / shapes_val, or splits of other sizes registered under their own names."""
-    if (num_train, num_val) == (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL):
-        return {"train": "shapes_train", "val": "shapes_val"}
-    from afa_d2.data import register_shapes
-    from detectron2.data import DatasetCatalog
-
-    prefix = "shapes_n{}_{}".format(num_train, num_val)
-    if prefix + "_train" not in DatasetCatalog.list():
-        register_shapes(prefix=prefix, num_train=num_train, num_val=num_val)
-    return {"train": prefix + "_train", "val": prefix + "_val"}
-
-
 def default_workers() -> int:
-    """Loader workers for the demo: none on 2 cores or fewer, else up to 2.
+    """Loader workers for the demo: :func:`afa_d2.engine.runs.cpu_loader_workers`."""
+    from afa_d2.engine.runs import cpu_loader_workers
 
-    On a 2-core machine, the workers' decoding competes with the training step's two threads:
-    a step of the demo's model took 0.39 s with the images loaded in the main process and
-    0.47 s with 2 workers (measured on the CI-like machine, 2 threads).
-    """
-    return max(0, min(2, (os.cpu_count() or 1) - 2))
+    return cpu_loader_workers()
 
 
 def _load_config(args, names: Dict[str, str]):
-    from detectron2.config import LazyConfig
+    """The demo's config as ``train_net.py`` loads it (:func:`afa_d2.engine.load_config`), then set
+    to the demo's datasets, output folder, CPU and seed."""
+    from afa_d2.engine import load_config
 
-    from afa_d2.engine import apply_overrides
-
-    cfg = LazyConfig.load(args.config_file or default_config_file())
-    cfg = apply_overrides(cfg, list(args.opts or []))
+    cfg = load_config(args.config_file or default_config_file(), list(args.opts or []))
     cfg.dataloader.train.dataset.names = names["train"]
     cfg.dataloader.test.dataset.names = names["val"]
     cfg.train.output_dir = args.output_dir
@@ -250,34 +232,6 @@ def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[
     return refresh
 
 
-def _size_schedule(cfg, num_train: int, max_iter: int) -> None:
-    """Set ``train.epochs`` (fractional) so that the engine resolves it to ``max_iter`` iterations,
-    with the lr decays at the config's fractions of training (0.85 and 0.95 in the shapes configs;
-    an override of ``lr_multiplier.decay_epochs`` moves them) and one evaluation and checkpoint at
-    the end."""
-    batch = int(cfg.dataloader.train.total_batch_size)
-    ipe = math.ceil(num_train / batch)
-    epochs = max_iter / ipe
-    config_epochs = float(cfg.train.epochs)
-    fractions = [float(e) / config_epochs for e in cfg.lr_multiplier.decay_epochs]
-    cfg.train.images_per_epoch = num_train
-    cfg.train.epochs = epochs
-    cfg.lr_multiplier.decay_epochs = [f * epochs for f in fractions]
-    cfg.lr_multiplier.warmup_iters = min(int(cfg.lr_multiplier.warmup_iters), max(1, max_iter // 10))
-    cfg.train.checkpointer.period_epochs = epochs
-    cfg.train.eval_period_epochs = epochs
-
-
-def _summarize(results: Dict) -> Dict[str, float]:
-    out = {}
-    for task, key in (("bbox", "box"), ("segm", "mask")):
-        for metric in ("AP", "AP50", "AP75"):
-            value = results.get(task, {}).get(metric)
-            if value is not None:
-                out["{}_{}".format(key, metric)] = float(value)
-    return out
-
-
 def draw_predictions(cfg, checkpoint: str, dataset_name: str, path: str, num_images: int = 4,
                      score_thresh: float = 0.5) -> str:
     """Write a PNG of ``num_images`` images of ``dataset_name``: ground truth | predictions.
@@ -321,20 +275,6 @@ def draw_predictions(cfg, checkpoint: str, dataset_name: str, path: str, num_ima
     return path
 
 
-def _log_to_file(path: str) -> None:
-    """The full log (detectron2, fvcore, afa_d2) goes to ``path``; the console keeps the progress
-    bar, the summary, and warnings."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
-    handler.setLevel(logging.DEBUG)
-    for name in ("detectron2", "fvcore", "afa_d2"):
-        log = logging.getLogger(name)
-        log.setLevel(logging.INFO)
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename
-                   for h in log.handlers):
-            log.addHandler(handler)
-
-
 def run_demo(args: argparse.Namespace) -> Dict:
     """Run the demo as ``args`` says (see :func:`parse_args`); returns what it wrote and measured."""
     # As a command (``python -m afa_d2.demo``), the budget includes importing torch and detectron2.
@@ -349,11 +289,14 @@ def run_demo(args: argparse.Namespace) -> Dict:
     from detectron2.data import DatasetCatalog
 
     import afa_d2.data  # noqa: F401  (registers shapes_train / shapes_val)
-    from afa_d2.engine import do_train, resolve_epoch_schedule
+    from afa_d2.data import shapes_split_names
+    from afa_d2.engine import do_train, fit_schedule_to_iters, resolve_epoch_schedule
+    from afa_d2.engine.runs import log_to_file
+    from afa_d2.evaluation import summarize_results
 
-    _log_to_file(os.path.join(args.output_dir, "log.txt"))
+    log_to_file(os.path.join(args.output_dir, "log.txt"))
 
-    names = _dataset_names(args.num_train, args.num_val)
+    names = shapes_split_names(args.num_train, args.num_val)
     print("[1/4] shapes dataset ({} train / {} val images; generated on first use) ...".format(
         args.num_train, args.num_val), flush=True)
     t0 = time.perf_counter()
@@ -391,7 +334,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
               "fit in the {:g}-minute budget; re-sized from the measured speed while training".format(
                   timing["train_step_s"], timing["infer_image_s"], int(timing["threads"]), max_iter,
                   args.minutes), flush=True)
-    _size_schedule(cfg, num_train, max_iter)
+    fit_schedule_to_iters(cfg, num_train, max_iter)
     info = resolve_epoch_schedule(cfg, num_images=num_train)
     logger.info("%s", info.summary())
 
@@ -400,7 +343,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
     t0 = time.perf_counter()
     results = do_train(cfg, resume=False, progress_bar=True, deadline=deadline, refresh_deadline=refresh)
     t_train_eval = time.perf_counter() - t0
-    metrics = _summarize(results)
+    metrics = summarize_results(results)
     checkpoint = os.path.join(args.output_dir, "model_final.pth")
     if not os.path.isfile(checkpoint):
         raise RuntimeError("training finished without writing {}".format(checkpoint))

@@ -10,6 +10,7 @@ import pytest
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
 from afa_d2 import demo
+from afa_d2.engine import fit_schedule_to_iters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +34,18 @@ def test_loader_workers_follow_the_cores(monkeypatch):
     assert cfg.dataloader.train.num_workers == 3
 
 
+def test_demo_accepts_the_overrides_train_net_accepts():
+    """The keys the schedule fills at start-up (``train.eval_period``, ``train.checkpointer.period``)
+    are overridable in the demo as in train_net.py: both load configs with afa_d2.engine.load_config."""
+    args = demo.parse_args(["train.eval_period=7", "train.checkpointer.period=3"])
+    cfg = demo._load_config(args, {"train": "shapes_train", "val": "shapes_val"})
+    assert (cfg.train.eval_period, cfg.train.checkpointer.period) == (7, 3)
+    from afa_d2.engine import UnknownConfigKeyError
+
+    with pytest.raises(UnknownConfigKeyError, match="train.eval_perod"):
+        demo._load_config(demo.parse_args(["train.eval_perod=7"]), {"train": "shapes_train", "val": "shapes_val"})
+
+
 def test_default_config_is_the_shapes_msca_config():
     path = demo.default_config_file()
     assert path == os.path.join(REPO, "configs", "shapes", "mask_rcnn_R_18_msca.py")
@@ -46,7 +59,7 @@ def test_schedule_sized_to_max_iter(num_train, max_iter):
     from detectron2.config import LazyConfig
 
     cfg = LazyConfig.load(demo.default_config_file())
-    demo._size_schedule(cfg, num_train, max_iter)
+    fit_schedule_to_iters(cfg, num_train, max_iter)
     info = resolve_epoch_schedule(cfg, num_images=num_train)
     assert info.max_iter == cfg.train.max_iter == max_iter
     assert info.decay_iters == [round(max_iter * 0.85), round(max_iter * 0.95)]
@@ -61,7 +74,7 @@ def test_schedule_keeps_overridden_decay_fractions():
 
     args = demo.parse_args(["lr_multiplier.decay_epochs=[2,3]"])
     cfg = demo._load_config(args, {"train": "shapes_train", "val": "shapes_val"})
-    demo._size_schedule(cfg, 2000, 1000)
+    fit_schedule_to_iters(cfg, 2000, 1000)
     info = resolve_epoch_schedule(cfg, num_images=2000)
     assert info.max_iter == 1000 and info.decay_iters == [500, 750]
 

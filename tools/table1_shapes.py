@@ -13,7 +13,7 @@ results to ``<output-dir>/table1_shapes.{md,json}`` after every operator. Not pa
     python tools/table1_shapes.py --arch cascade_mask_rcnn --ops sum mssa msca --max-iter 300
 
 The schedule keeps the shapes configs' shape at any length (warm-up, lr x 0.1 at 0.85 and 0.95
-of training; ``afa_d2.demo._size_schedule``). On the paper's claim: the ``marker_*`` classes of
+of training; ``afa_d2.engine.fit_schedule_to_iters``). On the paper's claim: the ``marker_*`` classes of
 ``shapes`` differ only by a distant scene band, so the per-class AP of those three (in the json)
 is where global, cross-scale context should help most.
 """
@@ -50,27 +50,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def run_one(args, op: str, names: Dict[str, str]) -> Dict:
-    from detectron2.config import LazyConfig
-
-    from afa_d2.demo import _size_schedule, _summarize, default_workers
-    from afa_d2.engine import apply_overrides, do_train, resolve_epoch_schedule
+    from afa_d2.engine import do_train, fit_schedule_to_iters, load_config, resolve_epoch_schedule
+    from afa_d2.engine.runs import cpu_loader_workers
+    from afa_d2.evaluation import summarize_results
 
     path = os.path.join(REPO, "configs", "shapes", "{}_R_18_{}.py".format(args.arch, op))
     if not os.path.isfile(path):
         raise FileNotFoundError("no shapes config for {} with {}: {}".format(args.arch, op, path))
-    cfg = apply_overrides(LazyConfig.load(path), list(args.opts or []))
+    cfg = load_config(path, list(args.opts or []))
     cfg.dataloader.train.dataset.names = names["train"]
     cfg.dataloader.test.dataset.names = names["val"]
     cfg.train.output_dir = os.path.join(args.output_dir, "{}_{}".format(args.arch, op))
     cfg.train.seed = args.seed
     cfg.train.device = "cpu"
-    cfg.dataloader.train.num_workers = default_workers() if args.workers is None else args.workers
-    _size_schedule(cfg, args.num_train, args.max_iter)
+    cfg.dataloader.train.num_workers = cpu_loader_workers() if args.workers is None else args.workers
+    fit_schedule_to_iters(cfg, args.num_train, args.max_iter)
     resolve_epoch_schedule(cfg, num_images=args.num_train)
     t0 = time.perf_counter()
     results = do_train(cfg, resume=False, progress_bar=True)
     seconds = time.perf_counter() - t0
-    return dict(op=op, config=os.path.relpath(path, REPO), seconds=seconds, metrics=_summarize(results),
+    return dict(op=op, config=os.path.relpath(path, REPO), seconds=seconds, metrics=summarize_results(results),
                 batch=int(cfg.dataloader.train.total_batch_size),
                 results=json.loads(json.dumps(results, default=float)))
 
@@ -120,11 +119,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from afa_d2.demo import _dataset_names, _log_to_file
+    from afa_d2.data import shapes_split_names
+    from afa_d2.engine.runs import log_to_file
 
     os.makedirs(args.output_dir, exist_ok=True)
-    _log_to_file(os.path.join(args.output_dir, "log.txt"))
-    names = _dataset_names(args.num_train, args.num_val)
+    log_to_file(os.path.join(args.output_dir, "log.txt"))
+    names = shapes_split_names(args.num_train, args.num_val)
     rows = []
     for op in args.ops:
         print("== {} ({}), {} iterations".format(LABELS[op], args.arch, args.max_iter), flush=True)

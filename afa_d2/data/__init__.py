@@ -8,7 +8,7 @@ from . import builtin as _builtin  # noqa: F401  (registration)
 from .builtin import DATASET_LAYOUT, DatasetNotFoundError, check_dataset_files
 from .mapper import DatasetMapper, ImageReadError
 from .shapes import CLASSES as SHAPES_CLASSES
-from .shapes import register_shapes
+from .shapes import register_shapes, shapes_split_names
 
 __all__ = [
     "DatasetMapper",
@@ -17,5 +17,6 @@ __all__ = [
     "check_dataset_files",
     "DATASET_LAYOUT",
     "register_shapes",
+    "shapes_split_names",
     "SHAPES_CLASSES",
 ]

@@ -3,8 +3,14 @@ train/eval loop that ``train_net.py`` drives (see ``docs/DESIGN.md``, "Engine").
 from .checkpoint import AtomicCheckpointer, CheckpointShapeError, LoadReport, UntrustedCheckpointError
 from .deadline import TimeBudget
 from .launch import end_process_group, launch
-from .overrides import UnknownConfigKeyError, apply_overrides, flatten_keys
-from .schedule import ScheduleInfo, epoch_lr_multiplier, epochs_to_iters, resolve_epoch_schedule
+from .overrides import UnknownConfigKeyError, apply_overrides, flatten_keys, load_config
+from .schedule import (
+    ScheduleInfo,
+    epoch_lr_multiplier,
+    epochs_to_iters,
+    fit_schedule_to_iters,
+    resolve_epoch_schedule,
+)
 from .train_loop import (
     DeterministicTrainingSampler,
     ProgressBar,
@@ -22,6 +28,8 @@ __all__ = [
     "UnknownConfigKeyError",
     "apply_overrides",
     "flatten_keys",
+    "load_config",
+    "fit_schedule_to_iters",
     "ScheduleInfo",
     "epoch_lr_multiplier",
     "epochs_to_iters",

@@ -10,12 +10,13 @@ detectron2's ``LazyConfig.apply_overrides`` silently *adds* a key it does not kn
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Iterable, List, Sequence
 
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["UnknownConfigKeyError", "flatten_keys", "validate_override_keys", "apply_overrides"]
+__all__ = ["UnknownConfigKeyError", "flatten_keys", "validate_override_keys", "apply_overrides", "load_config"]
 
 
 class UnknownConfigKeyError(KeyError):
@@ -134,3 +135,23 @@ def apply_overrides(cfg, overrides: Sequence[str] | None):
     overrides = [o for o in (overrides or []) if o.strip()]
     validate_override_keys(cfg, overrides)
     return LazyConfig.apply_overrides(cfg, overrides)
+
+
+def load_config(path: str, overrides: Sequence[str] | None = None):
+    """A LazyConfig file with command-line overrides applied, as ``train_net.py`` loads it.
+
+    The keys the schedule fills at start-up (``train.checkpointer.period``, ``train.eval_period``,
+    ``lr_multiplier.max_iter``) are declared first, so overrides such as ``train.eval_period=100``
+    are accepted; every other key is checked by :func:`apply_overrides`.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file (the message gives the working directory).
+        UnknownConfigKeyError: an override names a key the config does not have.
+    """
+    from .schedule import ensure_schedule_keys
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError("config file {!r}: no such file (cwd: {})".format(path, os.getcwd()))
+    cfg = LazyConfig.load(path)
+    ensure_schedule_keys(cfg)
+    return apply_overrides(cfg, overrides)

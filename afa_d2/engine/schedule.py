@@ -28,6 +28,7 @@ __all__ = [
     "epoch_lr_multiplier",
     "ScheduleInfo",
     "ensure_schedule_keys",
+    "fit_schedule_to_iters",
     "resolve_epoch_schedule",
 ]
 
@@ -274,3 +275,31 @@ def resolve_epoch_schedule(cfg, num_images: Optional[int] = None) -> ScheduleInf
         eval_period=int(train.eval_period),
         max_iter_from_epochs=from_epochs,
     )
+
+
+def fit_schedule_to_iters(cfg, num_images: int, max_iter: int) -> None:
+    """Re-size a LazyConfig's epoch schedule, in place, to ``max_iter`` iterations.
+
+    Sets ``train.epochs`` (fractional) so that :func:`resolve_epoch_schedule` gives ``max_iter``
+    on ``num_images`` images at the config's total batch, keeps the lr decays at the config's
+    fractions of training (``decay_epochs / epochs``), shortens the warm-up to at most a tenth of
+    training, and puts one checkpoint and one evaluation at the end. The demo, the Table 1 tool and
+    the model-zoo trainer train the shapes recipes this way at any length.
+
+    Args:
+        cfg: a LazyConfig following ``docs/DESIGN.md``.
+        num_images (int): images per epoch of the training set.
+        max_iter (int): the iterations to train (>= 1).
+    """
+    if int(max_iter) < 1:
+        raise ValueError("max_iter must be >= 1, got {!r}".format(max_iter))
+    ipe = _iters_per_epoch(num_images, int(cfg.dataloader.train.total_batch_size))
+    epochs = max_iter / ipe
+    config_epochs = float(cfg.train.epochs)
+    fractions = [float(e) / config_epochs for e in cfg.lr_multiplier.decay_epochs]
+    cfg.train.images_per_epoch = int(num_images)
+    cfg.train.epochs = epochs
+    cfg.lr_multiplier.decay_epochs = [f * epochs for f in fractions]
+    cfg.lr_multiplier.warmup_iters = min(int(cfg.lr_multiplier.warmup_iters), max(1, max_iter // 10))
+    cfg.train.checkpointer.period_epochs = epochs
+    cfg.train.eval_period_epochs = epochs

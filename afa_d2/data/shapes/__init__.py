@@ -42,7 +42,7 @@ Command line (writes a preview PNG of a few images with their masks)::
 from __future__ import annotations
 
 from .catalog import _load as _load
-from .catalog import register_shapes
+from .catalog import register_shapes, shapes_split_names
 from .classes import CLASSES, MARKER_CLASSES, SCENES, SHAPE_CLASSES, VERSION
 from .render import HUE_SPREAD_DEG as HUE_SPREAD_DEG
 from .render import _class_color as _class_color
@@ -68,4 +68,5 @@ __all__ = [
     "lvis_frequency",
     "load_lvis_json",
     "register_shapes",
+    "shapes_split_names",
 ]

@@ -10,7 +10,10 @@ from typing import List, Optional
 from .classes import CLASSES, VERSION
 from .splits import default_cache_root, ensure_lvis_val, ensure_split, load_lvis_json, split_dirname
 
-__all__ = ["register_shapes"]
+__all__ = ["register_shapes", "shapes_split_names"]
+
+# The splits ``import afa_d2`` registers as ``shapes_train`` / ``shapes_val`` (afa_d2.data.builtin).
+DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL = 2000, 200
 
 
 def _load(fmt: str, name: str, split_args: dict, train_args: dict) -> List[dict]:
@@ -61,3 +64,19 @@ def register_shapes(root: Optional[str] = None, *, prefix: str = "shapes", num_t
             )
             names.append(name)
     return names
+
+
+def shapes_split_names(num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL) -> dict:
+    """``{"train": ..., "val": ...}``: the COCO-format ``shapes`` datasets of these sizes.
+
+    The default sizes are ``shapes_train`` / ``shapes_val``; other sizes are registered on first
+    call as ``shapes_n<train>_<val>_{train,val}`` (same images for the same sizes and seed).
+    """
+    if (num_train, num_val) == (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL):
+        return {"train": "shapes_train", "val": "shapes_val"}
+    from detectron2.data import DatasetCatalog
+
+    prefix = "shapes_n{}_{}".format(num_train, num_val)
+    if prefix + "_train" not in DatasetCatalog.list():
+        register_shapes(prefix=prefix, num_train=num_train, num_val=num_val)
+    return {"train": prefix + "_train", "val": prefix + "_val"}
