@@ -53,6 +53,7 @@ def _process_age_s() -> float:
 _T_START = time.perf_counter() - _process_age_s()
 
 import afa_d2  # noqa: F401,E402  (detectron2 compat patches first; already imported under -m)
+from afa_d2.engine.runs import first_test_batches, seconds_per_image  # noqa: E402
 
 __all__ = ["deadline_from_trained_model", "default_config_file", "main", "parse_args", "run_demo"]
 
@@ -179,31 +180,8 @@ def _time_steps(cfg, num_steps: int = 5, threads: Sequence[int] = ()) -> Dict[st
     best = min(per_thread, key=per_thread.get)
     torch.set_num_threads(best)
     model.eval()
-    per_image = _seconds_per_val_image(model, _val_inputs(cfg, 3))
+    per_image = seconds_per_image(model, first_test_batches(cfg, 3))
     return {"train_step_s": per_thread[best], "infer_image_s": per_image, "threads": float(best)}
-
-
-def _val_inputs(cfg, n: int) -> list:
-    """The first ``n`` batches of ``cfg.dataloader.test`` (one image each), fewer if it has fewer."""
-    import itertools
-
-    from detectron2.config import instantiate
-
-    return list(itertools.islice(instantiate(cfg.dataloader.test), n))
-
-
-def _seconds_per_val_image(model, inputs: list) -> float:
-    """Inference seconds per image of ``model`` (in eval mode) on ``inputs``, after one untimed
-    call on the first (kernels for the inference shapes); a one-batch list is timed after it."""
-    import torch
-
-    timed = inputs[1:] or inputs
-    with torch.no_grad():
-        model(inputs[0])
-        t0 = time.perf_counter()
-        for x in timed:
-            model(x)
-        return (time.perf_counter() - t0) / sum(len(x) for x in timed)
 
 
 def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[Dict] = None):
@@ -214,14 +192,14 @@ def deadline_from_trained_model(cfg, end: float, num_val: int, report: Optional[
     The val images are loaded now, not during training. ``report["infer_image_trained_s"]`` gets
     the measured seconds per image.
     """
-    inputs = _val_inputs(cfg, _REFRESH_IMAGES + 1)
+    inputs = first_test_batches(cfg, _REFRESH_IMAGES + 1)
 
     def refresh(trainer) -> float:
         model = trainer.model
         was_training = model.training
         model.eval()
         try:
-            per_image = _seconds_per_val_image(model, inputs)
+            per_image = seconds_per_image(model, inputs)
         finally:
             model.train(was_training)
         if report is not None:

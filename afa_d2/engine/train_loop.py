@@ -55,6 +55,7 @@ __all__ = [
     "StepSeeder",
     "SamplerState",
     "ProgressBar",
+    "PeakMemory",
     "GradientClipper",
     "create_ddp_model",
     "build_train_loader",
@@ -273,6 +274,27 @@ class ProgressBar(HookBase):
             self._bar = None
 
 
+class PeakMemory(HookBase):
+    """Logs the peak memory of training so far as ``peak_mem_mib`` (in ``metrics.json``).
+
+    On CUDA, ``torch.cuda.max_memory_allocated`` of the trainer's device (what detectron2's
+    console line shows as ``max_mem``); on the CPU, the process's peak resident set
+    (``ru_maxrss``: weights, optimizer state, activations, and the data pipeline's memory too).
+    """
+
+    def __init__(self, device: str):
+        self.cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+
+    def after_step(self):
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        self.trainer.storage.put_scalar("peak_mem_mib", peak / 2**20, smoothing_hint=False)
+
+
 class GradientClipper:
     """Clip gradients in an optimizer step pre-hook (after AMP's unscale, before the step).
 
@@ -448,6 +470,7 @@ def do_train(
             StepSeeder(seed) if seed is not None and seed >= 0 else None,
             SamplerState(sampler) if sampler is not None else None,
             hooks.IterationTimer(),
+            PeakMemory(device),
             budget,  # before the lr, checkpoint and eval hooks: they see a re-sized schedule
             hooks.LRScheduler(scheduler=lr_multiplier),
             hooks.PeriodicCheckpointer(
