@@ -22,6 +22,13 @@ Loading under torch >= 2.6 (``weights_only=True`` by default)
     file, the refused global and the two ways out. ``.pkl`` files (detectron2 / Detectron model
     zoo format) are read by detectron2 as before.
 
+Checkpoints by URL, checked by hash
+    ``load`` takes a local path or an ``http(s)://``, ``file://`` or ``detectron2://`` URL: URLs
+    are fetched into afa_d2's cache, and a file whose name carries a sha256 prefix
+    (``<name>-<hash>.pth``, how the model zoo publishes) is checked against it on every load
+    (:func:`afa_d2.model_zoo.hub.fetch_checkpoint`). A file that is not a readable checkpoint
+    (truncated, corrupt) raises :class:`CorruptCheckpointError` naming it.
+
 Shapes that do not fit
     fvcore skips a parameter whose shape differs and logs a warning per key, which is easy to
     miss. Here every load builds a :class:`LoadReport` (loaded, shape-mismatched with both
@@ -46,6 +53,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 __all__ = [
     "AtomicCheckpointer",
     "CheckpointShapeError",
+    "CorruptCheckpointError",
     "UntrustedCheckpointError",
     "LoadReport",
     "SAFE_GLOBALS",
@@ -90,6 +98,10 @@ class CheckpointShapeError(RuntimeError):
 
 class UntrustedCheckpointError(RuntimeError):
     """A checkpoint needs full unpickling but is not trusted."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A file that is not a readable checkpoint (truncated, corrupt, not a torch file)."""
 
 
 @dataclass
@@ -237,6 +249,8 @@ def load_checkpoint_file(path: str, trusted_dirs: Optional[List[str]] = None) ->
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a refused object: bytes that are not a pickle at all
+            raise _corrupt(path, e) from e
         if not _is_trusted(path, trusted_dirs or []):
             raise UntrustedCheckpointError(
                 "Refusing to fully unpickle checkpoint {}: it holds objects the weights-only loader "
@@ -249,6 +263,33 @@ def load_checkpoint_file(path: str, trusted_dirs: Optional[List[str]] = None) ->
             path, _refusal(e), TRUST_ENV,
         )
         return torch.load(path, map_location=torch.device("cpu"), weights_only=False)
+    except (RuntimeError, EOFError, ValueError) as e:  # torch's zip reader, a short legacy pickle
+        raise _corrupt(path, e) from e
+
+
+def _corrupt(path: str, e: Exception) -> CorruptCheckpointError:
+    # torch wraps the unpickler's own words ("Unsupported operand 103", "pickle data was
+    # truncated") between paragraphs about weights_only: keep those words
+    noise = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(noise)]
+    reason = lines[0] if lines else type(e).__name__
+    return CorruptCheckpointError(
+        "checkpoint {} is not a readable torch checkpoint (truncated or corrupt?): {}".format(path, reason))
+
+
+def _fetch(path: str) -> str:
+    """A URL or a hash-named file as a local, verified file (model zoo); other paths as they are.
+
+    A ``?query`` (detectron2's ``?matching_heuristics=True``) is kept on the result.
+    """
+    from urllib.parse import urlparse
+
+    from afa_d2.model_zoo.hub import expected_hash_prefix, fetch_checkpoint
+
+    base, sep, query = path.partition("?")
+    if urlparse(base).scheme in ("http", "https", "file", "detectron2") or expected_hash_prefix(base):
+        return fetch_checkpoint(base) + sep + query
+    return path
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -295,6 +336,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         """
         self._loading_path = path
         try:
+            if path:
+                path = _fetch(path)
             return super().load(path, *args, **kwargs)
         finally:
             self._loading_path = ""
