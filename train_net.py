@@ -40,7 +40,7 @@ def fall_back_to_cpu(cfg):
 
 def main(args):
     if args.config_file.endswith(YAML_SUFFIXES):
-        from afa_d2.engine.train_loop import run_yacs
+        from afa_d2.engine.yacs import run_yacs
 
         return run_yacs(args)
     cfg = load_config(args.config_file, args.opts)

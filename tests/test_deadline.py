@@ -12,7 +12,8 @@ from detectron2.engine import hooks
 
 from afa_d2.engine.deadline import TimeBudget, resize_training
 from afa_d2.engine.schedule import EpochStepMultiplier
-from afa_d2.engine.train_loop import ProgressBar, _trainer_class
+from afa_d2.engine.hooks import ProgressBar
+from afa_d2.engine.train_loop import trainer_class
 
 
 class FakeClock:
@@ -56,7 +57,7 @@ def _train(max_iter, deadline, step_seconds, decays=(8 / 12, 11 / 12), extra_hoo
     budget = TimeBudget(deadline, lr_multiplier=multiplier, clock=clock, **budget_kwargs)
     saves = SaveRecorder()
     evals = []
-    trainer = _trainer_class(amp=False)(model, itertools.repeat(torch.ones(2)), optimizer)
+    trainer = trainer_class(amp=False)(model, itertools.repeat(torch.ones(2)), optimizer)
     lrs = []
 
     class LrLog(hooks.HookBase):

@@ -7,7 +7,8 @@ import torch
 import afa_d2  # noqa: F401
 
 import _engine_fixtures as fx
-from afa_d2.engine.train_loop import DeterministicTrainingSampler, GradientClipper, create_ddp_model, do_train
+from afa_d2.engine import DeterministicTrainingSampler, create_ddp_model, do_train
+from afa_d2.engine.hooks import GradientClipper
 
 SHAPES_DIR = os.path.join(fx.REPO, "configs", "shapes")
 
@@ -226,7 +227,7 @@ def test_yacs_yaml_path_trains_and_evaluates(data_root, tmp_path):
     path.write_text(YACS.format(train=train, val=val, out=out))
     from detectron2.engine import default_argument_parser
 
-    from afa_d2.engine.train_loop import run_yacs
+    from afa_d2.engine.yacs import run_yacs
 
     results = run_yacs(default_argument_parser().parse_args(["--config-file", str(path)]))
     assert set(results) == {"bbox", "segm"}, results

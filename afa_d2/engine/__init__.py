@@ -11,14 +11,11 @@ from .schedule import (
     fit_schedule_to_iters,
     resolve_epoch_schedule,
 )
-from .train_loop import (
-    DeterministicTrainingSampler,
-    ProgressBar,
-    create_ddp_model,
-    do_eval_only,
-    do_test,
-    do_train,
-)
+from .data import DeterministicTrainingSampler
+from .ddp import create_ddp_model
+from .evaluation import do_eval_only, do_test
+from .hooks import ProgressBar
+from .train_loop import do_train
 
 __all__ = [
     "AtomicCheckpointer",

@@ -30,8 +30,9 @@ from typing import Any, Callable, List, Optional
 
 from detectron2.engine import hooks
 from detectron2.engine.train_loop import HookBase
-from detectron2.utils.events import CommonMetricPrinter, EventStorage
+from detectron2.utils.events import EventStorage
 
+from .hooks import MetricWriters, PeriodicEvaluation
 from .schedule import EpochStepMultiplier
 
 __all__ = ["ResizableLoopMixin", "TimeBudget", "resize_training"]
@@ -70,10 +71,11 @@ class ResizableLoopMixin:
 def resize_training(trainer, max_iter: int) -> None:
     """Set ``trainer.max_iter`` and the copies its hooks keep of it.
 
-    Updated: detectron2's ``PeriodicCheckpointer`` (final save at ``max_iter - 1``; a period equal
-    to the old ``max_iter``, i.e. "at the end", follows it), ``EvalHook`` (a period equal to the
-    old ``max_iter`` follows it), the ETA of ``CommonMetricPrinter`` and afa_d2's progress bar,
-    which reads ``trainer.max_iter`` itself. The lr schedule is :class:`TimeBudget`'s business.
+    Updated through their public attributes: detectron2's ``PeriodicCheckpointer`` (final save at
+    ``max_iter - 1``; a period equal to the old ``max_iter``, i.e. "at the end", follows it),
+    afa_d2's :class:`~.hooks.PeriodicEvaluation` (a period equal to the old ``max_iter`` follows
+    it) and :class:`~.hooks.MetricWriters` (the console's ETA); afa_d2's progress bar reads
+    ``trainer.max_iter`` itself. The lr schedule is :class:`TimeBudget`'s business.
     """
     max_iter = int(max_iter)
     if max_iter <= trainer.iter:
@@ -88,12 +90,10 @@ def resize_training(trainer, max_iter: int) -> None:
             h.max_iter = max_iter
             if h.period == old:
                 h.period = max_iter
-        elif isinstance(h, hooks.EvalHook) and getattr(h, "_period", None) == old:
-            h._period = max_iter
-        elif isinstance(h, hooks.PeriodicWriter):
-            for w in getattr(h, "_writers", ()):
-                if isinstance(w, CommonMetricPrinter):
-                    w._max_iter = max_iter
+        elif isinstance(h, PeriodicEvaluation) and h.period == old:
+            h.period = max_iter
+        elif isinstance(h, MetricWriters):
+            h.set_max_iter(max_iter)
 
 
 class TimeBudget(HookBase):
