@@ -19,7 +19,7 @@ channels_last maps (its output is one), the depth-wise conv runs on a channels_l
 hidden tokens, and the residual adds are in place on fresh linear outputs.
 :meth:`MSAttention.forward_reference` is the straightforward transcription (NCHW in and out,
 transposes, out-of-place adds), kept to test the fast path against (fp32, 1e-4) and to
-benchmark it (``python -m afa_d2.tools.benchmark --reference``).
+benchmark it (``python tools/benchmark.py --reference``).
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from .kernels import attend, token_linear
 
 __all__ = [
     "MSAttention",
@@ -157,13 +159,13 @@ class DWMLP(nn.Module):
         """
         n = x.shape[0]
         h, w = feat_size
-        x = self.fc1(x)  # (N, H*W, hidden), contiguous
+        x = token_linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
         hidden = x.shape[-1]
         # (N, H, W, hidden) permuted to (N, hidden, H, W): a channels_last view, no copy; the
         # depth-wise conv keeps channels_last, so its output is again a view of tokens
         x = self.dwconv(x.view(n, h, w, hidden).permute(0, 3, 1, 2))
         x = x.permute(0, 2, 3, 1).reshape(n, h * w, hidden)  # (N, H*W, hidden)
-        return self.fc2(self.act(x))
+        return token_linear(self.fc2, self.act(x).contiguous(), feat_size)
 
     def forward_reference(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         """The straightforward :meth:`forward` (NCHW transposes), for tests and benchmarks."""
@@ -328,17 +330,15 @@ class MSAttention(nn.Module):
         f_kv = self.kv_tokens(x_kv)  # (N, M, C)
         m = f_kv.shape[1]
 
-        q = self.q(self.norm_q(f_q))  # (N, H*W, C)
-        q = q.view(n, hw, self.num_heads, self.head_dim).transpose(1, 2)  # (N, heads, H*W, C/heads), a view
-        kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C)
+        q = token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
+        kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C): few tokens, the plain linear
         kv = kv.view(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
         k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
         if q.dtype != k.dtype:  # autocast may leave them apart
             k, v = k.to(q.dtype), v.to(q.dtype)
 
-        att = F.scaled_dot_product_attention(q, k, v)  # (N, heads, H*W, C/heads)
-        att = att.transpose(1, 2).reshape(n, hw, c)  # (N, H*W, C); a view for the CPU/flash layouts
-        x = self.proj(att)
+        att = attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or grouped 1x1 convs (kernels.py)
+        x = token_linear(self.proj, att.contiguous(), feat_size)
         x = _add_residual(x, f_q)  # eq. (7), inner sum f_q + Att
         if self.checkpoint_mlp and x.requires_grad and torch.is_grad_enabled():
             y = checkpoint(self._mlp_branch, x, feat_size, use_reentrant=False)

@@ -1,1 +1,0 @@
-"""Command-line tools of afa_d2 (``python -m afa_d2.tools.<name>``)."""

@@ -1,0 +1,184 @@
+"""afa_d2.modeling.kernels and afa_d2.runtime: the CPU fast paths equal the reference path, fall back
+where they do not apply, are chosen by a cached probe; the allocator setting is explicit and does
+what it says."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import afa_d2  # noqa: F401
+import afa_d2.modeling.kernels as K
+from afa_d2.modeling import AttentionFPN, MSAttention
+from afa_d2.modeling.aggregation import use_reference_path
+from afa_d2.modeling.kernels import kernel_policy
+
+
+def _count_convs(monkeypatch):
+    """Record the weight shapes of every F.conv2d call made by the kernels module."""
+    calls = []
+    real = K.F.conv2d
+
+    def conv2d(x, weight, *args, **kwargs):
+        calls.append(tuple(weight.shape))
+        return real(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(K.F, "conv2d", conv2d)
+    return calls
+
+
+def _attention(dim=32, heads=4, stride=4):
+    torch.manual_seed(0)
+    m = MSAttention(dim, heads, pool_stride=stride)
+    with torch.no_grad():  # weights large enough that every branch matters (not PVTv2's 0.02)
+        for p in m.parameters():
+            p.normal_(0.0, 0.2)
+    return m
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_conv_kernels_equal_the_reference_path_values_and_gradients(cross, monkeypatch):
+    m = _attention()
+    x = torch.randn(2, 32, 23, 37, requires_grad=True)
+    kv = torch.randn(2, 32, 12, 19, requires_grad=True) if cross else None
+    inputs = [x] + ([kv] if cross else [])
+    ref = m.forward_reference(x, kv)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad((ref * g).sum(), inputs + list(m.parameters()))
+    calls = _count_convs(monkeypatch)
+    with kernel_policy("conv"):
+        out = m(x, kv)
+        grads = torch.autograd.grad((out * g).sum(), inputs + list(m.parameters()))
+        with torch.no_grad():
+            out_no_grad = m(x, kv)
+    # with autograd: the five token linears as 1x1 convolutions, attention by SDPA (no score map kept)
+    assert calls[:5] == [(32, 32, 1, 1), (32, 32, 1, 1), (64, 32, 1, 1), (64, 1, 3, 3), (32, 64, 1, 1)], calls
+    # without: attention by two grouped 1x1 convolutions per image (keys, then values, as weights)
+    heads, m_keys = 4, (3 * 5 + 2 * 3) if cross else (6 * 10 + 3 * 5)
+    assert (heads * m_keys, 8, 1, 1) in calls and (32, m_keys, 1, 1) in calls, calls
+    assert (out - ref).abs().max().item() <= 1e-4
+    assert (out_no_grad - ref).abs().max().item() <= 1e-4
+    names = ["x", "kv"][: len(inputs)] + [n for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, ref_grads, grads):
+        scale = max(1.0, a.abs().max().item())
+        assert (a - b).abs().max().item() <= 1e-4 * scale, "gradient of {} differs".format(name)
+
+
+@pytest.mark.parametrize("op", ["mssa", "msca"])
+def test_conv_kernels_in_the_neck_on_an_odd_size(op):
+    from _engine_fixtures import tiny_resnet_stages
+    from detectron2.modeling.backbone import BasicStem, ResNet
+
+    torch.manual_seed(0)
+    bottom_up = ResNet(BasicStem(3, 8, norm="BN"), tiny_resnet_stages(), out_features=["res2", "res3", "res4", "res5"])
+    neck = AttentionFPN(bottom_up, ["res2", "res3", "res4", "res5"], 16, aggregation=op).eval()
+    image = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        ref = use_reference_path(neck, True)(image)
+        use_reference_path(neck, False)
+        with kernel_policy("conv"):
+            fast = neck(image)
+    for level in ref:
+        assert (fast[level] - ref[level]).abs().max().item() <= 1e-4, level
+
+
+def test_plain_kernels_where_the_convolutions_do_not_apply(monkeypatch):
+    m = _attention()
+    x = torch.randn(1, 32, 23, 37)
+    calls = _count_convs(monkeypatch)
+    with kernel_policy("conv"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: F.linear / SDPA under autocast rules
+            m(x)
+        torch.jit.trace(m, (x,), check_trace=False)  # tracing (export): plain ops
+    assert [c for c in calls if c[1:] == (1, 1)] == [], calls  # only the depth-wise conv ran
+    with kernel_policy("probe"):
+        assert K._use_conv("linear", (32, 32), K.MIN_TOKENS - 1) is False  # small maps: never probed
+
+
+def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path))
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.5})  # conv 2x faster
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "conv"
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.97})  # within MARGIN
+    with kernel_policy("probe"):
+        assert K.choose("linear", (48, 24)) == "plain"
+    files = list((tmp_path / "kernels").glob("*.json"))
+    assert len(files) == 1
+    stored = json.loads(files[0].read_text())["choices"]
+    threads = torch.get_num_threads()
+    assert stored == {"linear:24x48:t{}".format(threads): "conv", "linear:48x24:t{}".format(threads): "plain"}
+    # a new process reads the choice instead of probing again
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: pytest.fail("probed again"))
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "conv"
+
+
+def test_real_probe_measures_both_kernels():
+    times = K._probe_linear(16, 32)
+    assert set(times) == {"plain", "conv"} and all(t > 0 for t in times.values())
+    times = K._probe_attention(16, 4)
+    assert set(times) == {"plain", "conv"} and all(t > 0 for t in times.values())
+
+
+def test_bad_policy_is_named(monkeypatch):
+    monkeypatch.setenv(K.KERNELS_ENV, "fastest")
+    with pytest.raises(ValueError, match="AFA_D2_KERNELS='fastest': expected one of"):
+        K.choose("linear", (8, 8))
+
+
+# ----------------------------------------------------------------------------- the allocator setting
+_RSS_AFTER_FREE = textwrap.dedent(
+    """
+    import logging, os, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    from afa_d2.runtime import configure_cpu_runtime
+    import torch
+
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    print("settings", configure_cpu_runtime("the test"))
+    base = rss()
+    x = torch.ones(64, 2**20 // 4)  # 64 MiB, one block
+    del x
+    print("kept MiB", (rss() - base) / 2**20)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("setting", ["keep", "default"])
+def test_keep_freed_memory_is_explicit_logged_and_does_what_it_says(setting):
+    env = dict(os.environ, AFA_D2_MALLOC=setting, PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    kept = float(out.split("kept MiB")[1].split()[0])
+    if setting == "keep":
+        assert "settings {'M_MMAP_MAX': 0, 'M_TRIM_THRESHOLD': 2147483647}" in out
+        assert "glibc malloc keeps freed memory in the process for the test" in out and "AFA_D2_MALLOC=default" in out
+        assert kept > 60  # the freed 64 MiB stayed with the process, ready for the next allocation
+    else:
+        assert "settings None" in out and "left as it is for the test (AFA_D2_MALLOC=default)" in out
+        assert kept < 4  # glibc's own behaviour: the block was unmapped on free
+
+
+def test_importing_afa_d2_changes_no_allocator_setting():
+    code = "import afa_d2, afa_d2.modeling, afa_d2.model_zoo, afa_d2.runtime as r; print(r._applied)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
+
+
+def test_bad_allocator_setting_is_named(monkeypatch):
+    from afa_d2.runtime import configure_cpu_runtime
+
+    monkeypatch.setenv("AFA_D2_MALLOC", "jemalloc")
+    with pytest.raises(ValueError, match="AFA_D2_MALLOC='jemalloc': expected 'keep'"):
+        configure_cpu_runtime()
