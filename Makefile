@@ -30,7 +30,7 @@ env: setup
 	$(PY) -m afa_d2.env
 
 benchmark: setup
-	$(PY) -m afa_d2.tools.benchmark
+	$(PY) tools/benchmark.py
 
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Side-by-side cost of the aggregation operators (SPEC §7): ``python -m afa_d2.tools.benchmark``.
+"""Side-by-side cost of the aggregation operators (SPEC §7): ``python tools/benchmark.py``.
 
 For each operator (sum, concat, mssa, msca by default), on the same input, in one run:
 
@@ -465,7 +465,7 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
 
 def _train_in_subprocess(name: str, args: argparse.Namespace, measure: str) -> Dict[str, Any]:
     cmd = [
-        sys.executable, "-m", "afa_d2.tools.benchmark", "--train-worker", name, "--train-measure", measure,
+        sys.executable, "-m", "afa_d2.benchmark", "--train-worker", name, "--train-measure", measure,
         "--height", str(args.height), "--width", str(args.width), "--threads", str(args.threads),
         "--iters", str(args.iters), "--warmup", str(args.warmup), "--model", args.model,
         "--device", args.device, "--norm", args.norm, "--seed", str(args.seed),
@@ -508,6 +508,138 @@ def measure_training(names: Sequence[str], args: argparse.Namespace) -> Dict[str
             "train_param_bytes": rs[0]["train_param_bytes"],
         }
     return out
+
+
+# --------------------------------------------------------------------- afa_d2's settings vs stock
+# What a process runs with: "stock" is detectron2 eager as it comes (glibc's allocator, F.linear and
+# SDPA; for "sum", detectron2's own FPN class), "afa_d2" what afa_d2's CPU commands set up
+# (afa_d2.runtime.configure_cpu_runtime, the measured kernel choice of afa_d2.modeling.kernels).
+SETTINGS = {
+    "stock": {"AFA_D2_MALLOC": "default", "AFA_D2_KERNELS": "plain"},
+    "afa_d2": {"AFA_D2_MALLOC": "keep", "AFA_D2_KERNELS": "probe"},
+}
+_REPLY = "@@afa_d2_benchmark "
+
+
+def _stock_fpn_model(args: argparse.Namespace, shared_state: Dict[str, torch.Tensor]) -> nn.Module:
+    """detectron2's own Mask R-CNN / Cascade with its ``FPN``: the "sum" weights load exactly."""
+    from detectron2 import model_zoo
+    from detectron2.config import instantiate
+
+    cfg = model_zoo.get_config(MODELS[args.model]).model
+    cfg.backbone.bottom_up.stem.norm = args.norm
+    cfg.backbone.bottom_up.stages.norm = args.norm
+    predictors = cfg.roi_heads.get("box_predictors") or [cfg.roi_heads.box_predictor]
+    for p in predictors:
+        p.test_score_thresh = 0.0
+        p.test_topk_per_image = args.detections_per_image
+    cfg.proposal_generator.post_nms_topk = (cfg.proposal_generator.post_nms_topk[0], args.proposals)
+    model = instantiate(cfg)
+    incompatible = model.load_state_dict(shared_state, strict=False)
+    assert not incompatible.missing_keys, incompatible.missing_keys  # every FPN weight is a "sum" weight
+    return model
+
+
+def serve(args: argparse.Namespace) -> None:
+    """A timing worker (``--serve SETTING``): build each operator's model, then answer "time <op>"
+    lines on stdin with one forward's seconds; the parent interleaves workers' requests."""
+    from afa_d2.runtime import configure_cpu_runtime
+
+    setting = args.serve
+    if args.device == "cpu":
+        configure_cpu_runtime("the benchmark ({})".format(setting))
+    device = torch.device(args.device)
+    image = _image(args.height, args.width, device)
+    inputs = [{"image": image, "height": args.height, "width": args.width}]
+    shared = shared_state_dict(args)
+    models = {}
+    for op in args.ops:
+        if setting == "stock" and op == "sum":
+            models[op] = _stock_fpn_model(args, shared)
+        else:
+            models[op] = _build(op, args, shared)
+        models[op] = models[op].to(device).eval()
+    print(_REPLY + json.dumps({"ready": setting, "threads": torch.get_num_threads()}), flush=True)
+    with torch.no_grad():
+        for line in sys.stdin:
+            command = line.split()
+            if not command or command[0] != "time":
+                break
+            model = models[command[1]]
+            seconds = _time_once(lambda: model(inputs), device)
+            detections = len(model(inputs)[0]["instances"]) if len(command) > 2 else None
+            print(_REPLY + json.dumps({"s": seconds, "detections": detections}), flush=True)
+
+
+class _Worker:
+    def __init__(self, setting: str, args: argparse.Namespace):
+        cmd = [sys.executable, "-m", "afa_d2.benchmark", "--serve", setting, "--ops", *args.ops,
+               "--height", str(args.height), "--width", str(args.width), "--threads", str(args.threads),
+               "--model", args.model, "--device", args.device, "--norm", args.norm, "--seed", str(args.seed),
+               "--detections-per-image", str(args.detections_per_image), "--proposals", str(args.proposals)]
+        env = dict(os.environ, **SETTINGS[setting])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.setting = setting
+        self.info = self._reply()
+
+    def _reply(self) -> Dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+        raise RuntimeError("the {} benchmark worker stopped (exit {})".format(self.setting, self.proc.wait()))
+
+    def time(self, op: str, count: bool = False) -> Dict[str, Any]:
+        self.proc.stdin.write("time {}{}\n".format(op, " count" if count else ""))
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def measure_vs_stock(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """Whole-model inference of each operator under "stock" and "afa_d2" settings, side by side.
+
+    One worker process per setting (the allocator setting is process-wide), both alive at once;
+    every repetition times each (setting, operator) once, in an order rotated from one repetition to
+    the next. Returns "<setting>:<op>" -> median seconds, spread, detections.
+    """
+    workers = {s: _Worker(s, args) for s in SETTINGS}
+    try:
+        pairs = [(s, op) for op in args.ops for s in SETTINGS]
+        detections = {}
+        for s, op in pairs:  # warm-up (kernels for these shapes, the afa_d2 worker's probe), and counts
+            for _ in range(max(1, args.warmup)):
+                r = workers[s].time(op, count=True)
+            detections[(s, op)] = r["detections"]
+        times: Dict[Any, List[float]] = {p: [] for p in pairs}
+        for it in range(args.iters):
+            k = it % len(pairs)
+            for s, op in pairs[k:] + pairs[:k]:
+                times[(s, op)].append(workers[s].time(op)["s"])
+    finally:
+        for w in workers.values():
+            w.close()
+    out = {}
+    for (s, op), ts in times.items():
+        out["{}:{}".format(s, op)] = {"op": op, "setting": s, "model_latency_s": statistics.median(ts),
+                                       "model_latency_spread": _spread(ts), "detections": detections[(s, op)]}
+    return out
+
+
+def format_vs_stock(results: Dict[str, Dict[str, Any]], ops: Sequence[str]) -> str:
+    lines = ["| operator | stock detectron2 eager ms | afa_d2 ms | afa_d2 speed-up | stock vs sum | afa_d2 vs sum |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    base = {s: results.get("{}:{}".format(s, ops[0]), {}).get("model_latency_s") for s in SETTINGS}
+    for op in ops:
+        st, af = results["stock:" + op], results["afa_d2:" + op]
+        lines.append("| {} | {:.0f} ±{:.0f}% | {:.0f} ±{:.0f}% | x{:.2f} | x{:.2f} | x{:.2f} |".format(
+            op, 1e3 * st["model_latency_s"], 50 * st["model_latency_spread"], 1e3 * af["model_latency_s"],
+            50 * af["model_latency_spread"], st["model_latency_s"] / af["model_latency_s"],
+            st["model_latency_s"] / base["stock"], af["model_latency_s"] / base["afa_d2"]))
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------- report
@@ -576,7 +708,7 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m afa_d2.tools.benchmark",
+        prog="python tools/benchmark.py",
         description="Params, FLOPs, latency (and training cost) of the aggregation operators, "
         "side by side (SPEC §7).",
     )
@@ -609,6 +741,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    "--model on a synthetic --height x --width image")
     p.add_argument("--skip-model-flops", action="store_true", help="skip tracing the whole model")
     p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--vs-stock", action="store_true",
+                   help="whole-model inference of --ops with afa_d2's CPU settings (allocator, measured kernels) "
+                   "and as stock detectron2 eager (glibc's allocator, plain kernels, detectron2's FPN for sum), "
+                   "in two worker processes timed side by side")
+    p.add_argument("--serve", choices=list(SETTINGS), default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-measure", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -627,8 +764,32 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.train_worker:
+        if args.device == "cpu" and args.train_measure == "time":  # the memory worker keeps its own malloc setup
+            from afa_d2.runtime import configure_cpu_runtime
+
+            configure_cpu_runtime("the benchmark's training step")
         print(json.dumps(measure_train_step(args.train_worker, args, args.train_measure)))
         return {}
+    if args.serve:
+        serve(args)
+        return {}
+    if args.vs_stock:
+        results = measure_vs_stock(args)
+        print("whole-model inference, {} {}x{}, batch 1, {} threads, {}: stock detectron2 eager vs afa_d2's CPU "
+              "settings, two worker processes, {} interleaved iters (median, ±half the max-min spread)".format(
+                  args.model, args.height, args.width, args.threads or torch.get_num_threads(), args.device,
+                  args.iters))
+        print(format_vs_stock(results, args.ops))
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f, indent=2)
+        return results
+    runtime = None
+    if args.device == "cpu":
+        from afa_d2.runtime import configure_cpu_runtime
+
+        runtime = configure_cpu_runtime("the benchmark")
     names = variant_names(args.ops, args.reference, args.checkpoint_mlp)
     results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
     if not args.train_only:
@@ -640,6 +801,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         for name, res in measure_training(names, args).items():
             results[name].update(res)
     add_ratios(results, "sum" if "sum" in results else args.ops[0])
+    if args.device == "cpu":
+        from afa_d2.modeling.kernels import choices
+
+        print("CPU settings (afa_d2.runtime, AFA_D2_MALLOC): {}; MS-Att kernels (AFA_D2_KERNELS={}): {}".format(
+            "glibc keeps freed memory" if runtime else "glibc's own allocator behaviour",
+            os.environ.get("AFA_D2_KERNELS", "probe"), choices() or "plain (nothing large enough measured)"))
     if not args.train_only:
         print(
             "inference: {} {}x{}, batch 1, {} threads, device {}, {} interleaved iters (median, ±half "

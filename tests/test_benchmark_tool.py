@@ -1,4 +1,4 @@
-"""afa_d2.tools.benchmark: the attention FLOPs handle, and one tiny side-by-side run."""
+"""afa_d2.benchmark: the attention FLOPs handle, and one tiny side-by-side run."""
 import json
 
 import afa_d2  # noqa: F401  (before detectron2)
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from afa_d2.modeling import MSAttention
 from afa_d2.modeling.aggregation import use_checkpoint_mlp
-from afa_d2.tools import benchmark
+from afa_d2 import benchmark
 
 
 class _SDPA(torch.nn.Module):
@@ -139,7 +139,7 @@ def test_memory_worker_environment_returns_freed_blocks():
 
     code = (
         "import torch\n"
-        "from afa_d2.tools.benchmark import _rss_bytes\n"
+        "from afa_d2.benchmark import _rss_bytes\n"
         "b = _rss_bytes(); xs = [torch.ones(64, 256) for _ in range(3000)]\n"  # 3000 x 64 KiB
         "up = _rss_bytes() - b; del xs; print(up, _rss_bytes() - b)\n"
     )

@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", default=None, help="the run folder with config.yaml and metrics.json "
                    "(default: the checkpoint's folder)")
     p.add_argument("--inference-seconds-per-image", type=float, default=None,
-                   help="inference time to record (e.g. from python -m afa_d2.tools.benchmark)")
+                   help="inference time to record (e.g. from python tools/benchmark.py)")
     p.add_argument("--md", default=None, help="also rewrite this MODEL_ZOO.md from the zoo folder")
     args = p.parse_args(argv)
     if args.config is not None:
