@@ -49,6 +49,10 @@ def main(args):
     default_setup(cfg, args)
     if device_note:
         logger.info(device_note)
+    if str(cfg.train.device) == "cpu":
+        from afa_d2.runtime import configure_cpu_runtime
+
+        configure_cpu_runtime("evaluation" if args.eval_only else "training")
     logger.info(str(schedule))
     if args.eval_only:
         return do_eval_only(cfg, resume=args.resume)

@@ -273,6 +273,9 @@ def run_demo(args: argparse.Namespace) -> Dict:
     from afa_d2.evaluation import summarize_results
 
     log_to_file(os.path.join(args.output_dir, "log.txt"))
+    from afa_d2.runtime import configure_cpu_runtime
+
+    configure_cpu_runtime("the demo")
 
     names = shapes_split_names(args.num_train, args.num_val)
     print("[1/4] shapes dataset ({} train / {} val images; generated on first use) ...".format(

@@ -71,6 +71,10 @@ def train_one(config: str, run_dir: str, *, max_iter: int, num_train: int, num_v
     resolve_epoch_schedule(cfg, num_images=num_train)
     # detectron2's set-up: the log (console and <run_dir>/log.txt), config.yaml (read when publishing)
     default_setup(cfg, argparse.Namespace(config_file=get_config_file(config), opts=list(opts), eval_only=False))
+    if cfg.train.device == "cpu":
+        from afa_d2.runtime import configure_cpu_runtime
+
+        configure_cpu_runtime("training {}".format(config))
     t0 = time.perf_counter()
     results = do_train(cfg, resume=False)
     train_seconds = time.perf_counter() - t0

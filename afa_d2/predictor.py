@@ -1,0 +1,91 @@
+"""``Predictor``: one image in, detections out, for any afa_d2 config (detectron2's ``DefaultPredictor``).
+
+    from afa_d2.predictor import Predictor
+    predictor = Predictor("shapes/mask_rcnn_R_18_msca.py", weights="output/model_final.pth")
+    instances = predictor(cv2.imread("image.jpg"))["instances"]      # BGR uint8, as cv2 reads it
+
+It builds the config's model (a zoo name, a LazyConfig file, or a loaded LazyConfig), loads the
+weights (a path or URL, hash-checked like every afa_d2 load; ``trained=True`` takes the zoo's
+published checkpoint), resizes as the config's test loader does, and runs the model in eval mode
+without gradients. On the CPU it first calls :func:`afa_d2.runtime.configure_cpu_runtime`
+(glibc keeps freed memory; logged; ``AFA_D2_MALLOC=default`` turns it off).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["Predictor"]
+
+logger = logging.getLogger(__name__)
+
+
+class Predictor:
+    """Run an afa_d2 detector on single images.
+
+    Args:
+        config (str or LazyConfig): a zoo name ("shapes/mask_rcnn_R_18_msca.py"), a LazyConfig
+            ``.py`` / dumped ``config.yaml`` file, or a loaded LazyConfig.
+        weights (str): a checkpoint path or URL; None: ``train.init_checkpoint`` of the config
+            (or the zoo's published checkpoint with ``trained=True``).
+        device (str): default "cuda" when available, else "cpu".
+        opts (list[str]): config overrides ``key=value``.
+        trained (bool): with a zoo name, load its published checkpoint.
+    """
+
+    def __init__(self, config: Union[str, Any], weights: Optional[str] = None, device: Optional[str] = None, *,
+                 opts: Sequence[str] = (), trained: bool = False):
+        import os
+
+        from detectron2.config import instantiate
+        from detectron2.data import transforms as T
+
+        from afa_d2.engine import apply_overrides, load_config
+        from afa_d2.engine.checkpoint import AtomicCheckpointer
+        from afa_d2.model_zoo import get_config
+
+        if isinstance(config, str):
+            cfg = load_config(config, list(opts)) if os.path.isfile(config) else apply_overrides(
+                get_config(config, trained=trained), list(opts))
+        else:
+            cfg = apply_overrides(config, list(opts))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cpu":
+            from afa_d2.runtime import configure_cpu_runtime
+
+            configure_cpu_runtime("the predictor")
+        self.cfg = cfg
+        self.model = instantiate(cfg.model).to(self.device).eval()
+        path = weights if weights is not None else cfg.train.get("init_checkpoint", "")
+        if path:
+            AtomicCheckpointer(self.model, strict_shapes=True).load(path)
+        else:
+            logger.warning("Predictor without weights: the model is randomly initialised")
+        augs = cfg.dataloader.test.mapper.get("augmentations", None) if "test" in cfg.dataloader else None
+        self.aug = T.AugmentationList([instantiate(a) for a in augs] if augs else [])
+        self.input_format = cfg.model.get("input_format", "BGR")
+
+    def __call__(self, image: np.ndarray) -> Dict[str, Any]:
+        """
+        Args:
+            image: array of shape (H, W, 3), uint8, BGR (as ``cv2.imread`` gives it).
+
+        Returns:
+            dict: ``{"instances": Instances}`` in the image's own coordinates (detectron2's format).
+        """
+        from detectron2.data import transforms as T
+
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError("Predictor expects an (H, W, 3) BGR uint8 array, got {}".format(
+                getattr(image, "shape", type(image).__name__)))
+        height, width = image.shape[:2]
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        aug_input = T.AugInput(image)
+        self.aug(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).to(self.device)
+        with torch.no_grad():
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]
