@@ -167,7 +167,7 @@ def build_model(
             p.test_topk_per_image = detections_per_image
     else:
         cfg.roi_heads.box_predictor.test_score_thresh = 0.0
-    cfg.roi_heads.box_predictor.test_topk_per_image = detections_per_image
+        cfg.roi_heads.box_predictor.test_topk_per_image = detections_per_image
     cfg.proposal_generator.post_nms_topk = (cfg.proposal_generator.post_nms_topk[0], proposals)
     torch.manual_seed(seed)
     detector = instantiate(cfg)
@@ -268,6 +268,10 @@ def measure_inference(
             if op not in models:
                 built = sum_model if op == "sum" and sum_model is not None else _build(op, args, shared_state)
                 models[op] = built.to(device).eval()
+                if device.type == "cpu":  # afa_d2's CPU inference set-up (the same for every variant)
+                    from afa_d2.runtime import prepare_for_cpu_inference
+
+                    prepare_for_cpu_inference(models[op])
             model = models[op]
             neck = model.backbone
             use_reference_path(model, reference)
@@ -423,15 +427,26 @@ def measure_train_step(name: str, args: argparse.Namespace, measure: str = "time
 
     position = [0]
 
+    scaler = torch.amp.GradScaler("cuda") if args.amp else None
+
     def step():
         batch = batches[position[0] % len(batches)]
         position[0] += 1
         with EventStorage():  # detectron2's heads log training statistics there
-            losses = model(batch)
+            if args.amp:  # as detectron2's AMPTrainer: fp16 autocast, scaled loss
+                with torch.autocast("cuda", dtype=torch.float16):
+                    losses = model(batch)
+            else:
+                losses = model(batch)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
 
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if measure == "memory":
@@ -471,7 +486,7 @@ def _train_in_subprocess(name: str, args: argparse.Namespace, measure: str) -> D
         "--device", args.device, "--norm", args.norm, "--seed", str(args.seed),
         "--detections-per-image", str(args.detections_per_image),
         "--proposals", str(args.proposals),
-    ]
+    ] + (["--amp"] if args.amp else [])
     if args.train_config:
         cmd += ["--train-config", args.train_config]
     env = dict(os.environ, **(_MEMORY_WORKER_ENV if measure == "memory" else {}))
@@ -559,6 +574,10 @@ def serve(args: argparse.Namespace) -> None:
         else:
             models[op] = _build(op, args, shared)
         models[op] = models[op].to(device).eval()
+        if setting == "afa_d2" and device.type == "cpu":
+            from afa_d2.runtime import prepare_for_cpu_inference
+
+            prepare_for_cpu_inference(models[op])
     print(_REPLY + json.dumps({"ready": setting, "threads": torch.get_num_threads()}), flush=True)
     with torch.no_grad():
         for line in sys.stdin:
@@ -733,6 +752,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="with --train: also \"<op>:ckpt\", mssa/msca with checkpoint_mlp=True (the DW-MLP "
                    "recomputed in backward)")
     p.add_argument("--train", action="store_true", help="also time a training step, peak memory")
+    p.add_argument("--amp", action="store_true", help="train with fp16 autocast and a grad scaler (CUDA)")
     p.add_argument("--train-only", action="store_true",
                    help="only the training step time and peak memory (implies --train)")
     p.add_argument("--train-config", default=None,
@@ -756,6 +776,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                 "configs/shapes/mask_rcnn_R_18_sum.py)".format(args.train_config))
     if args.iters < 1:
         p.error("--iters must be >= 1, got {}".format(args.iters))
+    if args.amp and not str(args.device).startswith("cuda"):
+        p.error("--amp needs --device cuda (fp16 autocast training, as detectron2's AMPTrainer), got {}".format(
+            args.device))
     return args
 
 

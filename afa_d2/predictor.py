@@ -8,7 +8,8 @@ It builds the config's model (a zoo name, a LazyConfig file, or a loaded LazyCon
 weights (a path or URL, hash-checked like every afa_d2 load; ``trained=True`` takes the zoo's
 published checkpoint), resizes as the config's test loader does, and runs the model in eval mode
 without gradients. On the CPU it first calls :func:`afa_d2.runtime.configure_cpu_runtime`
-(glibc keeps freed memory; logged; ``AFA_D2_MALLOC=default`` turns it off).
+(glibc keeps freed memory; logged; ``AFA_D2_MALLOC=default`` turns it off) and
+:func:`afa_d2.runtime.prepare_for_cpu_inference` (threaded RoIAlign, channels-last weights).
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ class Predictor:
             AtomicCheckpointer(self.model, strict_shapes=True).load(path)
         else:
             logger.warning("Predictor without weights: the model is randomly initialised")
+        if self.device == "cpu":
+            from afa_d2.runtime import prepare_for_cpu_inference
+
+            prepare_for_cpu_inference(self.model)
         augs = cfg.dataloader.test.mapper.get("augmentations", None) if "test" in cfg.dataloader else None
         self.aug = T.AugmentationList([instantiate(a) for a in augs] if augs else [])
         self.input_format = cfg.model.get("input_format", "BGR")

@@ -150,3 +150,20 @@ def test_memory_worker_environment_returns_freed_blocks():
 
     up, left = run(dict(os.environ, **benchmark._MEMORY_WORKER_ENV))
     assert up > 150 * 2 ** 20 and left < 0.2 * up
+
+
+def test_gpu_check_script_runs_on_the_cpu_in_smoke_mode(tmp_path, repo_root):
+    """tools/gpu_check.py, prepared for when a GPU is lent: its code runs end to end (CPU, tiny)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, os.path.join(repo_root, "tools", "gpu_check.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["attention"]["ok"] and report["attention"]["self_max_abs_diff"] <= 1e-4
+    assert set(report["inference"]) == {"sum", "mssa", "msca"}
+    assert report["inference"]["sum"]["latency_ratio_to_sum"] == 1.0 and report["inference"]["msca"]["fps"] > 0
+    assert set(report["goals"]) == {"fps_ratio_mssa", "fps_ratio_msca"}  # no AMP on the CPU

@@ -182,3 +182,39 @@ def test_bad_allocator_setting_is_named(monkeypatch):
     monkeypatch.setenv("AFA_D2_MALLOC", "jemalloc")
     with pytest.raises(ValueError, match="AFA_D2_MALLOC='jemalloc': expected 'keep'"):
         configure_cpu_runtime()
+
+
+# ----------------------------------------------------------------------------- CPU inference set-up
+def test_threaded_roi_align_is_detectron2s_op_bit_for_bit():
+    from detectron2.layers import ROIAlign
+
+    from afa_d2.runtime import ThreadedROIAlign
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 40, 56, generator=g)
+    xy = torch.rand(300, 2, generator=g) * torch.tensor([200.0, 140.0])
+    rois = torch.cat([torch.randint(0, 2, (300, 1), generator=g).float(), xy, xy + 4 + 60 * torch.rand(300, 2, generator=g)], 1)
+    plain, threaded = ROIAlign((7, 7), 0.25, 0, aligned=True), ThreadedROIAlign((7, 7), 0.25, 0, aligned=True)
+    with torch.no_grad():
+        assert torch.equal(threaded(x, rois), plain(x, rois))
+    x.requires_grad_(True)  # with autograd: detectron2's op (and its gradient)
+    threaded(x, rois).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_prepare_for_cpu_inference_keeps_the_detections():
+    from afa_d2 import benchmark
+    from afa_d2.runtime import ThreadedROIAlign, prepare_for_cpu_inference
+
+    args = benchmark.parse_args(["--proposals", "200", "--detections-per-image", "20"])
+    model = benchmark._build("msca", args).eval()
+    image = [{"image": benchmark._image(160, 224, torch.device("cpu"))}]
+    with torch.no_grad():
+        before = model(image)[0]["instances"]
+        prepare_for_cpu_inference(model)
+        after = model(image)[0]["instances"]
+    assert sum(isinstance(m, ThreadedROIAlign) for m in model.modules()) == 8  # 4 box + 4 mask levels
+    assert model.backbone.fpn_lateral2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert len(after) == len(before) == 20
+    assert (after.scores - before.scores).abs().max().item() <= 1e-4
+    assert (after.pred_boxes.tensor - before.pred_boxes.tensor).abs().max().item() <= 1e-2  # pixels

@@ -43,11 +43,14 @@ def do_test(cfg, model) -> Dict[str, Any]:
     evaluator = build_evaluator(cfg)
     if evaluator is None:
         return {}
+    if str(cfg.train.device) == "cpu":  # the same values, the RoIs split over the threads
+        from afa_d2.runtime import prepare_for_cpu_inference
+
+        prepare_for_cpu_inference(model, channels_last=False)
     ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process() and ret:
         print_csv_format(ret)
     return ret or {}
-
 
 
 def do_eval_only(cfg, *, resume: bool = False) -> Dict[str, Any]:
@@ -63,6 +66,10 @@ def do_eval_only(cfg, *, resume: bool = False) -> Dict[str, Any]:
     if not path:
         logger.warning("--eval-only without train.init_checkpoint: evaluating randomly initialized weights")
     checkpointer.load(path)
+    if str(cfg.train.device) == "cpu":
+        from afa_d2.runtime import prepare_for_cpu_inference
+
+        prepare_for_cpu_inference(model)
     model = create_ddp_model(model)
     return do_test(cfg, model)
 
