@@ -216,3 +216,17 @@ def test_checkpoint_mlp_is_free_at_inference():
         want = attn.forward_reference(x)
         got = attn(x)
     assert (got - want).abs().max().item() < 1e-4
+
+
+def test_a_bool_is_not_a_number_of_heads_anywhere():
+    """MSAttention and AttentionFPN check MS-Att's arguments with the same function: a bool is
+    refused by both (it used to pass MSAttention as 1 head and fail AttentionFPN)."""
+    from afa_d2.modeling.ms_attention import check_attention_args
+
+    with pytest.raises(ValueError, match=r"MSAttention: num_heads=True must be a positive int dividing dim=16"):
+        MSAttention(16, True)
+    with pytest.raises(ValueError, match=r"mlp_ratio must be a number > 0, got True"):
+        MSAttention(16, 4, mlp_ratio=True)
+    with pytest.raises(ValueError, match=r"X: pool_stride must be positive ints, got False"):
+        check_attention_args(dim=16, num_heads=4, pooling="multi_scale", pool_strides=[False], adaptive_pool_size=7,
+                             mlp_ratio=2.0, checkpoint_mlp=False, where="X")

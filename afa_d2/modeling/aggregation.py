@@ -46,6 +46,12 @@ __all__ = [
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
+MSCA_CANNOT_START_AS_SUM = (
+    "msca cannot start as FPN's sum: P_i = F_i + MS-Att(F_i, Up(P_{i+1})) and MS-Att's output already holds "
+    "its query F_i, so with the DW-MLP's last linear at zero P_i = 2 F_i and the deeper level is lost; "
+    "P_{i+1} reaches P_i only through attention over its pooled tokens. Leave start_as_fpn off for msca "
+    "(the converter then loads every shared weight and keeps the MSCA blocks at their fresh initialisation)")
+
 
 def resize_to(x: Tensor, size: Tuple[int, int], mode: str) -> Tensor:
     """``Up``: resize ``x`` (N, C, h, w) to ``size`` = (H, W) exactly.
@@ -96,9 +102,20 @@ class Aggregation(nn.Module):
     def extra_repr(self) -> str:
         return "upsample_mode={}".format(self.upsample_mode)
 
+    def init_as_sum(self) -> None:
+        """Set this operator's own weights so that it computes FPN's ``F_i + Up(P_{i+1})``.
+
+        A function-preserving start from an FPN checkpoint (``AttentionFPN(start_as_fpn=True)``,
+        the converters of :mod:`afa_d2.model_zoo.convert`). Exact when ``Up`` is nearest, FPN's.
+        """
+        raise NotImplementedError
+
 
 class SumAggregation(Aggregation):
     """FPN's sum-up: ``P_i = F_i + Up(P_{i+1})``; top level ``F``."""
+
+    def init_as_sum(self) -> None:
+        pass  # it is the sum
 
     def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if top_down is None:
@@ -126,6 +143,19 @@ class ConcatAggregation(Aggregation):
                 2 * channels, channels, kernel_size=1, bias=norm == "", norm=get_norm(norm, channels)
             )
             weight_init.c2_xavier_fill(self.fuse)
+
+    def init_as_sum(self) -> None:
+        """Fuse weight ``[I | I]``, bias 0: ``Conv1x1([F, U]) = F + U``."""
+        if self.fuse is None:
+            return
+        if self.fuse.norm is not None or self.fuse.bias is None:
+            raise ValueError("concat cannot start as FPN's sum with a norm in its 1x1 fuse conv (norm={!r}): the "
+                             "norm changes F + Up(P); build it with norm=''".format(self.fuse.norm))
+        c = self.fuse.out_channels
+        with torch.no_grad():
+            eye = torch.eye(c, dtype=self.fuse.weight.dtype, device=self.fuse.weight.device)
+            self.fuse.weight.copy_(torch.cat([eye, eye], dim=1)[:, :, None, None])  # (C, 2C, 1, 1)
+            self.fuse.bias.zero_()
 
     def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if top_down is None or self.fuse is None:
@@ -193,6 +223,13 @@ class MSSAAggregation(_AttentionAggregation):
         r = lateral if top_down is None else lateral + self.up(top_down, lateral)  # eq. (1)
         return self.attn.forward_reference(r)  # eq. (2)
 
+    def init_as_sum(self) -> None:
+        """DW-MLP's last linear at zero: ``MS-Att(R) = R + DW-MLP(...) = R``, so ``P_i = R_i``, FPN's sum
+        (with ``Up`` nearest; with the paper's bilinear ``Up`` it is the sum of a bilinear upsampling)."""
+        with torch.no_grad():
+            self.attn.mlp.fc2.weight.zero_()
+            self.attn.mlp.fc2.bias.zero_()
+
 
 class MSCAAggregation(_AttentionAggregation):
     """MSCA (paper §3.2): ``S_i = MS-Att(F_i, Up(P_{i+1}))`` (eq. 3), ``P_i = F_i + S_i`` (eq. 4).
@@ -212,6 +249,9 @@ class MSCAAggregation(_AttentionAggregation):
     def forward_reference(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         kv = lateral if top_down is None else self.up(top_down, lateral)
         return lateral + self.attn.forward_reference(lateral, kv)  # eqs. (3)-(4)
+
+    def init_as_sum(self) -> None:
+        raise ValueError(MSCA_CANNOT_START_AS_SUM)
 
 
 def use_reference_path(module: nn.Module, enabled: bool = True) -> nn.Module:

@@ -20,8 +20,8 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import Tensor, nn
 
-from .aggregation import AGGREGATION_OPS, UPSAMPLE_MODES, build_aggregation
-from .ms_attention import POOLING_TYPES
+from .aggregation import AGGREGATION_OPS, MSCA_CANNOT_START_AS_SUM, UPSAMPLE_MODES, build_aggregation
+from .ms_attention import check_attention_args
 
 __all__ = ["AttentionFPN"]
 
@@ -52,6 +52,7 @@ class AttentionFPN(Backbone):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         checkpoint_mlp: bool = False,
+        start_as_fpn: bool = False,
         upsample_mode: Optional[str] = None,
         norm: str = "",
         top_block: Optional[nn.Module] = None,
@@ -80,6 +81,10 @@ class AttentionFPN(Backbone):
             checkpoint_mlp (bool): recompute each MS-Att's DW-MLP branch in backward instead
                 of keeping its activations (training memory for time; same values and
                 gradients; see :class:`~afa_d2.modeling.MSAttention`).
+            start_as_fpn (bool): initialise each operator's own weights so that it computes FPN's
+                sum (MSSA: the DW-MLP's last linear at zero; concat: fuse ``[I | I]``); with
+                ``upsample_mode="nearest"`` the pyramid then equals detectron2's FPN exactly,
+                for fine-tuning from an FPN checkpoint. Not possible with "msca" (ValueError).
             upsample_mode (str or None): ``Up`` for every operator; None: bilinear for
                 MSSA/MSCA (paper), nearest for sum/concat (FPN).
             norm (str): detectron2 norm of the lateral, output and concat convs ("" for none).
@@ -151,9 +156,7 @@ class AttentionFPN(Backbone):
                 "{}".format(aggregation, list(AGGREGATION_OPS))
             )
 
-        # ---- attention hyper-parameters (checked whatever the operators, so a typo never hides)
-        if pooling not in POOLING_TYPES:
-            raise ValueError("unknown pooling {!r}; valid: {}".format(pooling, list(POOLING_TYPES)))
+        # ---- attention hyper-parameters
         pool_strides = list(pool_strides)
         if len(pool_strides) != len(in_features):
             raise ValueError(
@@ -161,25 +164,17 @@ class AttentionFPN(Backbone):
                     pool_strides, len(pool_strides), in_features, levels
                 )
             )
-        for r in pool_strides:
-            if not _positive_int(r):
-                raise ValueError(
-                    "pool_strides must be positive ints, got {!r} in {}".format(r, pool_strides)
-                )
-        if not _positive_int(adaptive_pool_size):
-            raise ValueError(
-                "adaptive_pool_size must be a positive int, got {!r}".format(adaptive_pool_size)
-            )
-        if not _positive_int(num_heads) or out_channels % num_heads != 0:
-            raise ValueError(
-                "num_heads={!r} must be a positive int dividing out_channels={}; valid: {}".format(
-                    num_heads, out_channels, [h for h in range(1, 33) if out_channels % h == 0]
-                )
-            )
-        if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
-            raise ValueError("mlp_ratio must be > 0, got {!r}".format(mlp_ratio))
-        if not isinstance(checkpoint_mlp, bool):
-            raise ValueError("checkpoint_mlp must be a bool, got {!r}".format(checkpoint_mlp))
+        # checked whatever the operators, so that a typo never hides behind "sum"
+        check_attention_args(
+            dim=out_channels, num_heads=num_heads, pooling=pooling, pool_strides=pool_strides,
+            adaptive_pool_size=adaptive_pool_size, mlp_ratio=mlp_ratio, checkpoint_mlp=checkpoint_mlp,
+            where="AttentionFPN", dim_name="out_channels", strides_name="pool_strides",
+        )
+        if not isinstance(start_as_fpn, bool):
+            raise ValueError("start_as_fpn must be a bool, got {!r}".format(start_as_fpn))
+        if start_as_fpn and "msca" in ops.values():
+            raise ValueError("start_as_fpn=True with msca on {}: {}".format(
+                [lvl for lvl, op in ops.items() if op == "msca"], MSCA_CANNOT_START_AS_SUM))
         if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(
                 "unknown upsample_mode {!r}; valid: {} or None".format(
@@ -229,6 +224,8 @@ class AttentionFPN(Backbone):
             )
             self.add_module("fpn_lateral{}".format(stage), lateral_conv)
             self.add_module("fpn_output{}".format(stage), output_conv)
+            if start_as_fpn:
+                agg.init_as_sum()
             self.add_module("fpn_aggregation{}".format(stage), agg)
             lateral_convs.append(lateral_conv)
             output_convs.append(output_conv)
@@ -276,6 +273,7 @@ class AttentionFPN(Backbone):
             "num_heads": afa.NUM_HEADS,
             "mlp_ratio": afa.MLP_RATIO,
             "checkpoint_mlp": bool(afa.CHECKPOINT_MLP),
+            "start_as_fpn": bool(afa.START_AS_FPN),
             "upsample_mode": afa.UPSAMPLE_MODE or None,
             "norm": cfg.MODEL.FPN.NORM,
             "top_block": LastLevelMaxPool(),

@@ -24,7 +24,7 @@ benchmark it (``python tools/benchmark.py --reference``).
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from .kernels import attend, token_linear
 
 __all__ = [
     "MSAttention",
+    "check_attention_args",
     "DWMLP",
     "POOLING_TYPES",
     "pool_tokens",
@@ -45,6 +46,49 @@ __all__ = [
 ]
 
 POOLING_TYPES = ("multi_scale", "single_scale", "adaptive")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_attention_args(
+    *,
+    dim: int,
+    num_heads: int,
+    pooling: str,
+    pool_strides: Sequence[int],
+    adaptive_pool_size: int,
+    mlp_ratio: float,
+    checkpoint_mlp: bool,
+    where: str,
+    dim_name: str = "dim",
+    strides_name: str = "pool_stride",
+) -> None:
+    """The one check of MS-Att's arguments, for :class:`MSAttention` and :class:`AttentionFPN` alike.
+
+    Raises ValueError naming ``where``, the bad value and the valid ones. A bool is not an int here
+    (``num_heads=True`` is a mistake, not one head), and not a number for ``mlp_ratio``.
+    """
+    if not _positive_int(dim):
+        raise ValueError("{}: {} must be a positive int, got {!r}".format(where, dim_name, dim))
+    if not _positive_int(num_heads) or dim % num_heads != 0:
+        raise ValueError("{}: num_heads={!r} must be a positive int dividing {}={}; valid: {}".format(
+            where, num_heads, dim_name, dim, [h for h in range(1, min(dim, 64) + 1) if dim % h == 0]))
+    if pooling not in POOLING_TYPES:
+        raise ValueError("{}: unknown pooling {!r}; valid: {}".format(where, pooling, list(POOLING_TYPES)))
+    for r in pool_strides:
+        if not _positive_int(r):
+            raise ValueError("{}: {} must be positive ints, got {!r} in {}".format(
+                where, strides_name, r, list(pool_strides)))
+    if not _positive_int(adaptive_pool_size):
+        raise ValueError("{}: adaptive_pool_size must be a positive int, got {!r}".format(where, adaptive_pool_size))
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        raise ValueError("{}: mlp_ratio must be a number > 0, got {!r}".format(where, mlp_ratio))
+    if int(round(dim * mlp_ratio)) <= 0:
+        raise ValueError("{}: mlp_ratio={!r} gives no hidden channels at {} channels".format(where, mlp_ratio, dim))
+    if not isinstance(checkpoint_mlp, bool):
+        raise ValueError("{}: checkpoint_mlp must be a bool, got {!r}".format(where, checkpoint_mlp))
 
 
 def _clamped_avg_pool(x: Tensor, stride: int) -> Tensor:
@@ -220,33 +264,11 @@ class MSAttention(nn.Module):
         checkpoint_mlp: bool = False,
     ):
         super().__init__()
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError("MSAttention: dim must be a positive int, got {!r}".format(dim))
-        if not isinstance(num_heads, int) or num_heads <= 0 or dim % num_heads != 0:
-            raise ValueError(
-                "MSAttention: num_heads={!r} must be a positive int dividing the channels "
-                "dim={} (valid: {})".format(
-                    num_heads, dim, [h for h in range(1, dim + 1) if dim % h == 0][:12]
-                )
-            )
-        if pooling not in POOLING_TYPES:
-            raise ValueError(
-                "MSAttention: unknown pooling {!r}; valid: {}".format(pooling, list(POOLING_TYPES))
-            )
-        if not isinstance(pool_stride, int) or isinstance(pool_stride, bool) or pool_stride <= 0:
-            raise ValueError(
-                "MSAttention: pool_stride must be a positive int, got {!r}".format(pool_stride)
-            )
-        if not isinstance(adaptive_pool_size, int) or adaptive_pool_size <= 0:
-            raise ValueError(
-                "MSAttention: adaptive_pool_size must be a positive int, got {!r}".format(
-                    adaptive_pool_size
-                )
-            )
-        if not mlp_ratio > 0:
-            raise ValueError("MSAttention: mlp_ratio must be > 0, got {!r}".format(mlp_ratio))
-        if not isinstance(checkpoint_mlp, bool):
-            raise ValueError("MSAttention: checkpoint_mlp must be a bool, got {!r}".format(checkpoint_mlp))
+        check_attention_args(
+            dim=dim, num_heads=num_heads, pooling=pooling, pool_strides=[pool_stride],
+            adaptive_pool_size=adaptive_pool_size, mlp_ratio=mlp_ratio, checkpoint_mlp=checkpoint_mlp,
+            where="MSAttention",
+        )
         hidden = int(round(dim * mlp_ratio))
         if hidden <= 0:
             raise ValueError("MSAttention: mlp_ratio={!r} gives no hidden channels".format(mlp_ratio))
