@@ -29,7 +29,8 @@ from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
 ALL_PY = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.py"), recursive=True))
-RECIPES = sorted(p for p in ALL_PY if os.sep + "common" + os.sep not in p)
+RECIPES = sorted(p for p in ALL_PY if os.sep + "common" + os.sep not in p and os.sep + "finetune" + os.sep not in p)
+FINETUNE = sorted(p for p in ALL_PY if os.sep + "finetune" + os.sep in p)
 YAML = os.path.join(CONFIG_DIR, "shapes", "mask_rcnn_R_18_msca.yaml")
 
 # SPEC §6: one config per row of the paper's tables (paths under configs/).
@@ -342,3 +343,44 @@ def test_yacs_example_builds_through_the_registry():
     with torch.no_grad():
         out = model([{"image": torch.randint(0, 255, (3, 97, 131), dtype=torch.uint8), "height": 97, "width": 131}])
     assert out[0]["instances"].image_size == (97, 131)
+
+
+# ----------------------------------------------------------------------------- fine-tuning from FPN
+D2_FPN_CHECKPOINT = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/137260431/model_final_a54504.pkl"
+
+
+def test_one_finetune_config_per_operator():
+    assert [_stem(p) for p in FINETUNE] == ["mask_rcnn_R_50_{}_from_fpn".format(op)
+                                            for op in ("concat", "msca", "mssa", "sum")]
+
+
+@pytest.mark.parametrize("path", FINETUNE, ids=_rel)
+def test_finetune_config_starts_from_detectron2_fpn(path):
+    """Each fine-tuning config: detectron2's FPN checkpoint, 3 epochs with the decay after 2, the
+    new blocks at the base lr and the loaded weights at a tenth, and the start its operator allows."""
+    from afa_d2.solver import finetune_param_groups
+
+    cfg = load(path)
+    op = _stem(path).split("_")[4]
+    assert cfg.model.backbone.aggregation == op
+    assert cfg.train.init_checkpoint == D2_FPN_CHECKPOINT
+    assert cfg.train.output_dir.endswith("COCO/finetune/" + _stem(path))
+    info = resolve_epoch_schedule(cfg)
+    assert (info.max_iter, info.decay_iters, info.warmup_iters) == (43977, [29318], 500)
+    assert cfg.model.backbone.get("start_as_fpn", False) == (op in ("mssa", "concat"))
+    if op == "mssa":
+        assert cfg.model.backbone.upsample_mode == "nearest"  # the exact FPN start
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    assert cfg.optimizer.params._target_ is finetune_param_groups
+    lrs = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            lrs[names[id(p)]] = group["lr"]
+    new = {n for n in lrs if n.startswith("backbone.fpn_aggregation")}
+    assert bool(new) == (op != "sum")
+    assert all(lrs[n] == 1e-4 for n in new)
+    assert all(abs(lrs[n] - 1e-5) < 1e-12 for n in lrs if n not in new)
+

@@ -64,6 +64,17 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def _versions() -> Dict[str, str]:
     import detectron2
 
@@ -175,8 +186,7 @@ def publish_checkpoint(
         "versions": _versions(),
         "git_commit": _git_commit(),
         "published": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host": {"machine": platform.machine(), "processor": platform.processor() or None,
-                 "cpus": os.cpu_count()},
+        "host": {"machine": platform.machine(), "processor": _cpu_model(), "cpus": os.cpu_count()},
     })
     if "iteration" in data and "iterations" not in record.get("training", {}):
         record.setdefault("training", {})["iterations"] = int(data["iteration"]) + 1
@@ -200,6 +210,7 @@ def publish_checkpoint(
                     METADATA_KEY: record}, tmp)
         digest = sha256_of(tmp)
         final = os.path.join(output_dir, hashed_name(stem, digest))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a published file is served to others
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
@@ -287,7 +298,8 @@ def render_model_zoo_md(index: Dict[str, Any], *, paper_configs: Sequence[str] =
     entries: List[Dict[str, Any]] = sorted(index.get("checkpoints", {}).values(),
                                            key=lambda e: (e["metadata"].get("config") or "", e["file"]))
     hosts = sorted({"{} CPUs ({})".format(e["metadata"].get("host", {}).get("cpus"),
-                                          e["metadata"].get("host", {}).get("machine"))
+                                          e["metadata"].get("host", {}).get("processor")
+                                          or e["metadata"].get("host", {}).get("machine"))
                     for e in entries})
     commits = sorted({str(e["metadata"].get("git_commit")) for e in entries})
     lines = [

@@ -1,0 +1,10 @@
+"""Fine-tuning concat (FPN-cat) from detectron2's Mask R-CNN R-50 FPN 1x (recipe: *_sum_from_fpn.py).
+
+``start_as_fpn=True`` sets each 1x1 fuse conv to ``[I | I]`` (bias 0): ``Conv1x1([F, Up(P)]) = F + Up(P)``,
+the FPN it was converted from, exactly (concat's ``Up`` is nearest, as FPN's).
+"""
+from .mask_rcnn_R_50_sum_from_fpn import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.aggregation = "concat"
+model.backbone.start_as_fpn = True
+train.output_dir = "./output/COCO/finetune/mask_rcnn_R_50_concat_from_fpn"

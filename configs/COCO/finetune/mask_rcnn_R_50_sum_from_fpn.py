@@ -1,0 +1,37 @@
+"""Fine-tuning from detectron2's Mask R-CNN R-50 FPN 1x (COCO): the sum-up control.
+
+Not a paper row: the realistic start for a user without 8 GPUs for a day. detectron2's checkpoint
+(``model_final_a54504.pkl``, 38.6 box AP / 35.2 mask AP in its MODEL_ZOO.md) loads into every
+operator's model: ``AttentionFPN`` keeps FPN's module names, so every shared weight loads and only
+an operator's own blocks are new (``afa_d2.model_zoo.convert``). This file is the control: the
+same short schedule with no new block, so that a gain of MSSA / MSCA / concat below is theirs and
+not the extra training's. The recipe, shared by the four files:
+
+* 3 epochs at total batch 8, lr x 0.1 after epoch 2, 500 warm-up iterations;
+* AdamW; the new blocks (``backbone.fpn_aggregation*``) at lr 1e-4, everything loaded from the
+  checkpoint at 1e-5 (``afa_d2.solver.finetune_param_groups``, ``pretrained_lr_factor=0.1``); no
+  weight decay on norms and biases; the bottom-up keeps its FrozenBN, as in the checkpoint.
+
+    3 ep = 43977 iters * 8 images/iter / 117266 images/ep (resolved at start-up)
+"""
+from afa_d2.solver import finetune_param_groups
+from detectron2.config import LazyCall as L
+
+from ..mask_rcnn_R_50_sum_1x import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.aggregation = "sum"
+
+optimizer.params = L(finetune_param_groups)(
+    base_lr="${..lr}",
+    new_prefixes=["backbone.fpn_aggregation"],
+    pretrained_lr_factor=0.1,
+    weight_decay="${..weight_decay}",
+    weight_decay_norm=0.0,
+    weight_decay_bias=0.0,
+)
+train.init_checkpoint = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/137260431/model_final_a54504.pkl"
+train.epochs = 3
+train.eval_period_epochs = 3
+lr_multiplier.decay_epochs = [2]
+lr_multiplier.warmup_iters = 500
+train.output_dir = "./output/COCO/finetune/mask_rcnn_R_50_sum_from_fpn"
