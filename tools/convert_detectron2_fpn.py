@@ -2,7 +2,7 @@
 """Convert a detectron2 FPN checkpoint into an afa_d2 AttentionFPN detector's weights.
 
     python tools/convert_detectron2_fpn.py model_final_f10217.pkl out/mask_rcnn_R_50_mssa_from_fpn.pth \\
-        --config COCO/mask_rcnn_R_50_mssa_1x.py --start-as-fpn model.backbone.upsample_mode=nearest
+        --config COCO/mask_rcnn_R_50_mssa_1x.py --start-as-fpn +model.backbone.upsample_mode=nearest
 
 Every shared weight (bottom-up, laterals, output convs, RPN and RoI heads) loads; only the
 operator's blocks (backbone.fpn_aggregation*) are new. --start-as-fpn starts MSSA / concat as FPN's
@@ -24,12 +24,12 @@ def main(argv=None):
     p.add_argument("--start-as-fpn", action="store_true", help="start MSSA / concat blocks as FPN's sum")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="write even if weights outside the new blocks do not fit (e.g. another number of classes)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    args = p.parse_args(argv)
+    p.add_argument("opts", nargs="*", default=[], help="config overrides key=value")
+    args = p.parse_intermixed_args(argv)  # overrides may follow the flags
     try:
         state, report = convert_detectron2_fpn(args.source, args.config, start_as_fpn=args.start_as_fpn,
                                                opts=args.opts, strict=not args.allow_mismatch)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         p.exit(2, "error: {}\n".format(e))
     print(report.describe())
     save_converted(state, args.output, author="afa_d2 tools/convert_detectron2_fpn.py", report=report,

@@ -27,8 +27,8 @@ def main(argv=None):
     p.add_argument("output", help="the converted .pth to write")
     p.add_argument("--config", default="COCO/cascade_mask_rcnn_swin_T_sum_1x.py",
                    help="a config with the Swin bottom-up (zoo name or LazyConfig file)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    args = p.parse_args(argv)
+    p.add_argument("opts", nargs="*", default=[], help="config overrides key=value")
+    args = p.parse_intermixed_args(argv)  # overrides may follow the flags
     import os
 
     cfg = load_config(args.config, args.opts) if os.path.isfile(args.config) else apply_overrides(
@@ -36,7 +36,7 @@ def main(argv=None):
     bottom_up = instantiate(cfg.model.backbone.bottom_up)
     try:
         weights, report = convert_swin(args.source, bottom_up)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         p.exit(2, "error: {}\n".format(e))
     print(report.describe())
     save_converted(weights, args.output, author="afa_d2 tools/convert_swin.py", report=report)

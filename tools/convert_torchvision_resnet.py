@@ -25,7 +25,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         weights, report = convert_torchvision_resnet(args.source, prefix=args.prefix)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         p.exit(2, "error: {}\n".format(e))
     print(report.describe())
     save_converted(weights, args.output, author="torchvision", report=report,
