@@ -1,0 +1,587 @@
+"""Model analysis, as detectron2's ``tools/analyze_model.py``: ``python tools/analyze_model.py``.
+
+For any config (a zoo name such as "COCO/cascade_mask_rcnn_R_50_msca_1x.py", a LazyConfig file, a
+run's dumped ``config.yaml``, or a yacs ``.yaml``), with command-line overrides, on random weights or
+a checkpoint, at a chosen image size:
+
+* ``flop``: fvcore FLOPs (one multiply-add = one flop, detectron2's convention) of the whole
+  detector's inference, per module, per operator, and **per pyramid level of the neck**
+  (``p2..p6``: the level's lateral 1x1 conv, its aggregation operator, with how much of it is
+  attention, and its 3x3 output conv; ``p6`` is the max-pool). Attention is counted: the
+  handle of :func:`afa_d2.benchmark.flop_analysis` counts ``Q K^T`` and ``softmax(.) V`` of
+  ``scaled_dot_product_attention``, which fvcore alone skips;
+* ``activation``: fvcore activation counts (output elements of convs and linears) per module;
+* ``parameter``: parameters per module (fvcore ``parameter_count_table``);
+* ``structure``: the module tree.
+
+detectron2's ``detectron2.utils.analysis`` imports ``detectron2.export``, which needs caffe2 on the
+registry copy of v0.6, so fvcore is used directly here. Inference is traced on one random image
+(a fixed seed): the heads' share depends on how many proposals and detections survive, which
+random weights change; the neck's FLOPs depend only on the image size.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import types
+from collections import OrderedDict
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TASKS",
+    "AnalysisInputError",
+    "ModelAnalysis",
+    "activation_analysis_of",
+    "analyze_model",
+    "build_model",
+    "default_image_size",
+    "find_pyramid",
+    "flop_analysis_of",
+    "format_level_table",
+    "inference_augmentations",
+    "input_errors",
+    "input_format",
+    "load_any_config",
+    "load_weights",
+    "main",
+    "neck_flops_by_level",
+    "one_line",
+    "operator_label",
+    "random_image",
+]
+
+TASKS = ("flop", "activation", "parameter", "structure")
+YACS_SUFFIXES = (".yaml", ".yml")
+OP_LABELS = {"sum": "sum-up (FPN)", "concat": "concat (FPN-cat)", "mssa": "MSSA", "msca": "MSCA"}
+
+
+class AnalysisInputError(ValueError):
+    """A bad input to the analysis or visualization tools; the message says what and how to fix it."""
+
+
+def one_line(error: BaseException) -> str:
+    """``str(error)`` on one line (multi-line messages, e.g. unknown override keys, joined by "; ")."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(error).__name__
+
+
+# ----------------------------------------------------------------------------------- configs
+def _is_yacs(cfg) -> bool:
+    return hasattr(cfg, "MODEL") and not hasattr(cfg, "model")
+
+
+def _yacs_opts(opts: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    for o in opts:
+        if "=" not in o:
+            raise AnalysisInputError("override {!r} is not KEY=VALUE (e.g. MODEL.AFA.AGGREGATION=msca)".format(o))
+        key, value = o.split("=", 1)
+        out += [key.strip(), value.strip()]
+    return out
+
+
+def load_any_config(config: str, opts: Sequence[str] = ()):
+    """A config by zoo name or file, with ``key=value`` overrides applied.
+
+    Args:
+        config (str): a zoo name ("shapes/mask_rcnn_R_18_msca.py"; ``afa_d2.model_zoo.list_configs()``),
+            a LazyConfig ``.py`` file, a run's dumped ``config.yaml``, or a yacs ``.yaml`` (file or zoo name).
+        opts (list[str]): overrides, ``key=value`` (LazyConfig keys are checked, unknown ones refused).
+
+    Returns:
+        a LazyConfig (omegaconf ``DictConfig``) or a yacs ``CfgNode``.
+
+    Raises:
+        UnknownConfigError: neither a file nor a zoo name (one line with the closest names).
+        UnknownConfigKeyError: an override names a key the config does not have.
+    """
+    from afa_d2.engine import apply_overrides
+    from afa_d2.engine.schedule import ensure_schedule_keys
+    from afa_d2.model_zoo import get_config
+
+    opts = [o for o in opts if o.strip()]
+    if os.path.isfile(config):
+        if config.endswith(YACS_SUFFIXES) and _looks_like_yacs(config):
+            from detectron2.config import get_cfg
+
+            from afa_d2.config import add_afa_config
+
+            cfg = get_cfg()
+            add_afa_config(cfg)
+            cfg.merge_from_file(config)
+        else:
+            from detectron2.config import LazyConfig
+
+            cfg = LazyConfig.load(config)
+            ensure_schedule_keys(cfg)
+    else:
+        cfg = get_config(config)
+    if _is_yacs(cfg):
+        cfg.merge_from_list(_yacs_opts(opts))
+        return cfg
+    return apply_overrides(cfg, opts)
+
+
+def _looks_like_yacs(path: str) -> bool:
+    """A yacs file has upper-case top-level keys (``MODEL:``); a dumped LazyConfig has ``model:``."""
+    with open(path) as f:
+        for line in f:
+            if line[:1].isalpha():
+                return line[:1].isupper()
+    return False
+
+
+def inference_augmentations(cfg) -> list:
+    """The config's test-time augmentations (instantiated), e.g. ``[ResizeShortestEdge(800, 1333)]``."""
+    from detectron2.config import instantiate
+    from detectron2.data import transforms as T
+
+    if _is_yacs(cfg):
+        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+    if "dataloader" not in cfg or "test" not in cfg.dataloader:
+        return []
+    augs = cfg.dataloader.test.get("mapper", {}).get("augmentations", None)
+    return [instantiate(a) for a in augs] if augs else []
+
+
+def default_image_size(cfg) -> Tuple[int, int]:
+    """(H, W) of the image the analysis traces: the test resize's shortest edge and its max size
+    (800 x 1333 for the COCO configs), else 800 x 1333."""
+    from detectron2.data import transforms as T
+
+    for aug in inference_augmentations(cfg):
+        if isinstance(aug, T.ResizeShortestEdge):
+            short = aug.short_edge_length
+            short = int(short[-1] if isinstance(short, (list, tuple)) else short)
+            long = int(aug.max_size) if aug.max_size and aug.max_size < 10 ** 6 else int(round(short * 1333 / 800))
+            return short, max(short, long)
+    return 800, 1333
+
+
+def input_format(cfg) -> str:
+    """"BGR" or "RGB": the channel order the model's ``image`` input expects."""
+    if _is_yacs(cfg):
+        return str(cfg.INPUT.FORMAT)
+    return str(cfg.model.get("input_format", "BGR"))
+
+
+# ----------------------------------------------------------------------------------- models
+def load_weights(model: nn.Module, path: str, config_name: str = "the config") -> None:
+    """Load ``path`` into ``model``; every model tensor must come from it.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint does not fit (one line: how many tensors differ in
+            shape, are missing or are extra, the first few named).
+        FileNotFoundError: no such file.
+    """
+    from afa_d2.engine.checkpoint import AtomicCheckpointer
+    from afa_d2.model_zoo import CheckpointMismatchError
+
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError("checkpoint {!r}: no such file (cwd: {})".format(path, os.getcwd()))
+    checkpointer = AtomicCheckpointer(model, strict_shapes=False)
+    checkpointer.load(path)
+    report = checkpointer.last_load_report
+    if report is None or not (report.mismatched or report.missing or report.unexpected):
+        return
+    parts = []
+    if report.mismatched:
+        parts.append("{} tensor(s) of another shape ({})".format(len(report.mismatched), ", ".join(
+            "{} {} vs {}".format(k, list(a), list(b)) for k, a, b in report.mismatched[:3])))
+    if report.missing:
+        parts.append("{} model tensor(s) not in it ({})".format(len(report.missing), ", ".join(report.missing[:3])))
+    if report.unexpected:
+        parts.append("{} tensor(s) the model lacks ({})".format(len(report.unexpected),
+                                                                ", ".join(report.unexpected[:3])))
+    raise CheckpointMismatchError(
+        "checkpoint {} does not fit the model of {}: {}; pass the config it was trained with "
+        "(a published file names it: python -m afa_d2.model_zoo.publish, or its afa_d2_metadata)".format(
+            path, config_name, "; ".join(parts)))
+
+
+def build_model(cfg, weights: Optional[str] = None, device: str = "cpu", seed: int = 0,
+                config_name: str = "the config") -> nn.Module:
+    """The config's model in eval mode on ``device``: ``weights`` loaded, else random (seeded).
+
+    Args:
+        cfg: a LazyConfig or yacs ``CfgNode`` (:func:`load_any_config`).
+        weights (str or None): a checkpoint path or URL (see :func:`load_weights`); None: random.
+        device (str): e.g. "cpu".
+        seed (int): the RNG seed of the random initialisation.
+        config_name (str): how errors name the config.
+    """
+    torch.manual_seed(seed)
+    if _is_yacs(cfg):
+        from detectron2.modeling import build_model as build_yacs
+
+        cfg = cfg.clone()
+        cfg.MODEL.DEVICE = device
+        model = build_yacs(cfg)
+    else:
+        from detectron2.config import instantiate
+
+        model = instantiate(cfg.model).to(device)
+    if weights:
+        load_weights(model, weights, config_name)
+    return model.eval()
+
+
+def random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A random uint8-valued image, Tensor of shape (3, height, width), float32 in [0, 255)."""
+    if height <= 0 or width <= 0:
+        raise AnalysisInputError("image size {}x{} (H x W) must be positive".format(height, width))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=g).float()
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with ``forward(image) -> tuple of tensors`` (one image, inference without
+    post-processing) for fvcore's tracer; module names stay the model's own ("backbone.fpn_lateral2")."""
+
+    def forward(self, image: torch.Tensor):
+        inst = self.inference([{"image": image}], do_postprocess=False)[0]
+        fields = inst.get_fields()
+        return tuple(inst.pred_boxes.tensor if k == "pred_boxes" else fields[k]
+                     for k in ("pred_boxes", "scores", "pred_classes", "pred_masks") if k in fields)
+
+    if not hasattr(model, "inference"):
+        raise AnalysisInputError("{} has no inference(): the analysis traces detectron2 meta-architectures "
+                                 "(GeneralizedRCNN)".format(type(model).__name__))
+    model.forward = types.MethodType(forward, model)
+    try:
+        yield model
+    finally:
+        del model.forward
+
+
+def flop_analysis_of(model: nn.Module, image: torch.Tensor):
+    """fvcore ``FlopCountAnalysis`` of ``model``'s inference on ``image`` (3, H, W), attention counted
+    (:func:`afa_d2.benchmark.flop_analysis`), totals computed eagerly."""
+    from afa_d2.benchmark import flop_analysis
+
+    with _traceable(model) as traced, torch.no_grad():
+        analysis = flop_analysis(traced, (image,))
+        analysis.total()  # trace now, while forward is patched
+    return analysis
+
+
+def activation_analysis_of(model: nn.Module, image: torch.Tensor):
+    """fvcore ``ActivationCountAnalysis`` of ``model``'s inference on ``image`` (3, H, W)."""
+    from fvcore.nn import ActivationCountAnalysis
+
+    with _traceable(model) as traced, torch.no_grad():
+        analysis = ActivationCountAnalysis(traced, (image,))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.total()
+    return analysis
+
+
+# ----------------------------------------------------------------------------------- the neck
+def find_pyramid(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
+    """The feature pyramid (an ``AttentionFPN`` or detectron2 ``FPN``) in ``model``: (name, module),
+    ("", None) when there is none."""
+    from detectron2.modeling.backbone import FPN
+
+    from afa_d2.modeling import AttentionFPN
+
+    for name, m in model.named_modules():
+        if isinstance(m, (AttentionFPN, FPN)):
+            return name, m
+    return "", None
+
+
+def _level_modules(neck: nn.Module) -> "OrderedDict[str, Dict[str, str]]":
+    """level -> {"lateral": name, "aggregation": name, "output": name} (names relative to the neck);
+    the top block's levels -> {"top_block": "top_block"}."""
+    stages = sorted(int(n[len("fpn_lateral"):]) for n, _ in neck.named_children() if n.startswith("fpn_lateral"))
+    out: "OrderedDict[str, Dict[str, str]]" = OrderedDict()
+    for s in stages:
+        parts = {"lateral": "fpn_lateral{}".format(s), "output": "fpn_output{}".format(s)}
+        if hasattr(neck, "fpn_aggregation{}".format(s)):
+            parts["aggregation"] = "fpn_aggregation{}".format(s)
+        out["p{}".format(s)] = parts
+    top = getattr(neck, "top_block", None)
+    if top is not None and stages:
+        n = int(getattr(top, "num_levels", 1))
+        name = "p{}".format(stages[-1] + 1) if n == 1 else "p{}-p{}".format(stages[-1] + 1, stages[-1] + n)
+        out[name] = {"top_block": "top_block"}
+    return out
+
+
+def operator_label(neck: Optional[nn.Module], level: Optional[str] = None) -> str:
+    """The aggregation of a pyramid ("MSCA", "sum-up (FPN)", "MSSA on p4, p5"), or of one level."""
+    if neck is None:
+        return "no pyramid"
+    ops: Dict[str, str] = dict(getattr(neck, "level_ops", {}) or {})
+    if not ops:  # detectron2's FPN
+        return OP_LABELS["sum"]
+    if level is not None:
+        return OP_LABELS.get(ops.get(level, "sum"), ops.get(level, "sum"))
+    distinct = sorted(set(ops.values()))
+    if len(distinct) == 1:
+        return OP_LABELS.get(distinct[0], distinct[0])
+    non_sum = [op for op in distinct if op != "sum"]
+    return "; ".join("{} on {}".format(OP_LABELS.get(op, op), ", ".join(lvl for lvl, o in ops.items() if o == op))
+                     for op in non_sum)
+
+
+def neck_flops_by_level(analysis, model: nn.Module) -> "OrderedDict[str, Dict[str, int]]":
+    """FLOPs of the pyramid per level, from a FlopCountAnalysis of ``model``.
+
+    Returns:
+        level ("p2".."p6") -> {"lateral", "aggregation", "attention", "output", "total"} (ints; the
+        attention FLOPs are part of the aggregation's), plus "neck" -> the same keys summed with
+        "total" the whole neck (bottom-up excluded) and "other" (neck FLOPs outside every level's
+        modules; 0 for AttentionFPN). Empty when ``model`` has no pyramid.
+    """
+    prefix, neck = find_pyramid(model)
+    out: "OrderedDict[str, Dict[str, int]]" = OrderedDict()
+    if neck is None:
+        return out
+    by_module = analysis.by_module()
+    by_mod_op = analysis.by_module_and_operator()
+
+    def full(name: str) -> str:
+        return "{}.{}".format(prefix, name) if prefix else name
+
+    keys = ("lateral", "aggregation", "attention", "output", "total")
+    summed = dict.fromkeys(keys, 0)
+    for level, parts in _level_modules(neck).items():
+        row = dict.fromkeys(keys, 0)
+        for role, name in parts.items():
+            n = int(by_module.get(full(name), 0))
+            if role == "top_block":
+                row["output"] += n
+            else:
+                row[role] += n
+            if role == "aggregation":
+                row["attention"] = int(by_mod_op.get(full(name), {}).get("scaled_dot_product_attention", 0))
+        row["total"] = row["lateral"] + row["aggregation"] + row["output"]
+        out[level] = row
+        for k in keys:
+            summed[k] += row[k]
+    bottom_up = int(by_module.get(full("bottom_up"), 0)) if hasattr(neck, "bottom_up") else 0
+    neck_total = int(by_module.get(prefix, 0)) - bottom_up
+    summed["other"] = neck_total - summed["total"]
+    summed["total"] = neck_total
+    out["neck"] = summed
+    return out
+
+
+def _g(n: float) -> str:
+    return "{:.3f}".format(n / 1e9)
+
+
+def format_level_table(per_level: Dict[str, Dict[str, int]], neck: Optional[nn.Module] = None) -> str:
+    """Markdown table of :func:`neck_flops_by_level`, in GFLOPs (MFLOPs for a neck under 1 GFLOP)."""
+    if not per_level:
+        return "(the model has no feature pyramid: no per-level FLOPs)"
+    scale, unit = (1e9, "GFLOPs") if per_level["neck"]["total"] >= 1e9 else (1e6, "MFLOPs")
+
+    def f(n: int) -> str:
+        return "{:.3f}".format(n / scale)
+
+    parts = _level_modules(neck) if neck is not None else {}
+    lines = ["| level | operator | lateral 1x1 | aggregation | of which attention | output conv | total ({}) |".format(
+        unit), "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for level, row in per_level.items():
+        if level == "neck":
+            continue
+        roles = parts.get(level, {})
+        op = operator_label(neck, level) if "aggregation" in roles else ("max-pool" if "top_block" in roles else "")
+        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+            level, op, f(row["lateral"]), f(row["aggregation"]), f(row["attention"]), f(row["output"]),
+            f(row["total"])))
+    n = per_level["neck"]
+    lines.append("| **neck** | {} | {} | {} | {} | {} | **{}** |".format(
+        operator_label(neck), f(n["lateral"]), f(n["aggregation"]), f(n["attention"]), f(n["output"]),
+        f(n["total"])))
+    if n.get("other"):
+        lines.append("\n(neck FLOPs outside the levels' modules: {} {})".format(f(n["other"]), unit))
+    return "\n".join(lines)
+
+
+def _module_table(counts: Dict[str, int], max_depth: int, unit: str) -> str:
+    """Markdown table of per-module counts down to ``max_depth`` dots, in millions."""
+    lines = ["| module | {} |".format(unit), "| --- | ---: |"]
+    for name, n in counts.items():
+        depth = 0 if name == "" else name.count(".") + 1
+        if depth > max_depth or (depth > 0 and n == 0):
+            continue
+        lines.append("| {} | {:.3f} |".format(name or "model", n / 1e6))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- analysis
+class ModelAnalysis(dict):
+    """The results of :func:`analyze_model`: a dict with, per task run, its numbers and text.
+
+    Keys: "config", "image_size" (H, W), "operator"; "flop" -> {"total", "by_operator",
+    "by_level", "unsupported", "table", "level_table"}; "activation" -> {"total", "table"};
+    "parameter" -> {"total", "table"}; "structure" -> str.
+    """
+
+    def text(self) -> str:
+        """Everything as the command prints it."""
+        out = ["config: {}  operator: {}  image: {}x{} (H x W)".format(
+            self["config"], self["operator"], *self["image_size"])]
+        if "flop" in self:
+            f = self["flop"]
+            out += ["", "## FLOPs (fvcore multiply-adds, attention counted): {} G".format(_g(f["total"])), "",
+                    "Per pyramid level of the neck:", "", f["level_table"], "",
+                    "By operator (GFLOPs): " + ", ".join("{} {}".format(k, _g(v)) for k, v in
+                                                         sorted(f["by_operator"].items(), key=lambda kv: -kv[1])),
+                    "Not counted (fvcore has no handle): " + (", ".join(
+                        "{} x{}".format(k, v) for k, v in sorted(f["unsupported"].items())) or "none"),
+                    "", "Per module:", "", f["table"]]
+        if "activation" in self:
+            a = self["activation"]
+            out += ["", "## Activations: {:.3f} M".format(a["total"] / 1e6), "", a["table"]]
+        if "parameter" in self:
+            p = self["parameter"]
+            out += ["", "## Parameters: {:.3f} M".format(p["total"] / 1e6), "", p["table"]]
+        if "structure" in self:
+            out += ["", "## Structure", "", self["structure"]]
+        return "\n".join(out)
+
+
+def analyze_model(model: nn.Module, tasks: Sequence[str] = TASKS, image_size: Tuple[int, int] = (800, 1333),
+                  *, max_depth: int = 3, config_name: str = "", seed: int = 0) -> ModelAnalysis:
+    """Run the analysis ``tasks`` on ``model`` (eval mode) with one random image.
+
+    Args:
+        model: a detectron2 meta-architecture (``GeneralizedRCNN``).
+        tasks (list[str]): a subset of :data:`TASKS`.
+        image_size: (H, W) of the random input image (the model pads it to its size divisibility).
+        max_depth (int): module depth of the per-module tables.
+        config_name (str): shown in the report.
+        seed (int): the image's RNG seed.
+
+    Returns:
+        ModelAnalysis (see there).
+    """
+    from fvcore.nn import flop_count_table, parameter_count, parameter_count_table
+
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise AnalysisInputError("unknown task(s) {}; valid: {}".format(bad or list(tasks), list(TASKS)))
+    h, w = (int(image_size[0]), int(image_size[1]))
+    image = random_image(h, w, seed).to(next(model.parameters()).device)
+    _, neck = find_pyramid(model)
+    result = ModelAnalysis(config=config_name or type(model).__name__, image_size=(h, w),
+                           operator=operator_label(neck))
+    if "flop" in tasks:
+        flops = flop_analysis_of(model, image)
+        per_level = neck_flops_by_level(flops, model)
+        result["flop"] = {
+            "total": int(flops.total()),
+            "by_operator": {k: int(v) for k, v in flops.by_operator().items()},
+            "by_level": per_level,
+            "unsupported": dict(flops.unsupported_ops()),
+            "table": flop_count_table(flops, max_depth=max_depth, show_param_shapes=False),
+            "level_table": format_level_table(per_level, neck),
+        }
+    if "activation" in tasks:
+        acts = activation_analysis_of(model, image)
+        result["activation"] = {"total": int(acts.total()),
+                                "table": _module_table(acts.by_module(), max_depth, "activations (M)")}
+    if "parameter" in tasks:
+        result["parameter"] = {"total": int(parameter_count(model)[""]),
+                               "table": parameter_count_table(model, max_depth=max_depth)}
+    if "structure" in tasks:
+        result["structure"] = str(model)
+    return result
+
+
+# ----------------------------------------------------------------------------------- command line
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from afa_d2.modeling.aggregation import AGGREGATION_OPS
+
+    p = argparse.ArgumentParser(
+        prog="python tools/analyze_model.py",
+        description="FLOPs (attention counted; per module and per pyramid level), activations, parameters "
+        "and structure of an afa_d2 model, as detectron2's tools/analyze_model.py.",
+        epilog="e.g. python tools/analyze_model.py --config COCO/cascade_mask_rcnn_R_50_msca_1x.py --tasks flop "
+        "parameter; python tools/analyze_model.py --config configs/shapes/mask_rcnn_R_18_sum.py --op mssa "
+        "--weights out/model_final.pth --height 192 --width 256",
+    )
+    p.add_argument("--config", "--config-file", dest="config", required=True,
+                   help="a zoo name (afa_d2.model_zoo.list_configs()), a LazyConfig .py, a run's config.yaml "
+                   "or a yacs .yaml")
+    p.add_argument("--tasks", nargs="+", default=["flop"], metavar="TASK",
+                   help="any of {} (default: flop)".format(" ".join(TASKS)))
+    p.add_argument("--op", default=None, help="set the aggregation operator (model.backbone.aggregation): "
+                   "one of {}".format(", ".join(AGGREGATION_OPS)))
+    p.add_argument("--weights", default=None, help="a checkpoint (path or URL); default: random weights")
+    p.add_argument("--height", type=int, default=None, help="input image height (default: the config's test "
+                   "resize, 800 for COCO)")
+    p.add_argument("--width", type=int, default=None, help="input image width (default: its max size, 1333)")
+    p.add_argument("--max-depth", type=int, default=3, help="module depth of the per-module tables")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and image")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
+    args = p.parse_args(argv)
+    moved = [t for t in args.tasks if "=" in t]  # "--tasks flop key=value": the override is no task
+    args.tasks = [t for t in args.tasks if t not in moved]
+    args.opts = moved + list(args.opts or [])
+    return args
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from afa_d2.modeling.aggregation import AGGREGATION_OPS
+
+    bad = [t for t in args.tasks if t not in TASKS]
+    if not args.tasks:
+        raise AnalysisInputError("no --tasks given; valid: {}".format(" ".join(TASKS)))
+    if bad:
+        raise AnalysisInputError("unknown task {!r}; valid: {}".format(bad[0], " ".join(TASKS)))
+    if args.op is not None and args.op not in AGGREGATION_OPS:
+        raise AnalysisInputError("unknown operator --op {!r}; valid: {}".format(args.op, ", ".join(AGGREGATION_OPS)))
+    for name in ("height", "width"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise AnalysisInputError("--{} {} must be a positive number of pixels".format(name, v))
+
+
+def run(args: argparse.Namespace) -> ModelAnalysis:
+    """What ``tools/analyze_model.py`` does with parsed ``args`` (errors raised, not printed)."""
+    _check_args(args)
+    opts = list(args.opts or [])
+    cfg = load_any_config(args.config, [])
+    if args.op is not None:
+        opts.insert(0, ("MODEL.AFA.AGGREGATION=" if _is_yacs(cfg) else "model.backbone.aggregation=") + args.op)
+    cfg = load_any_config(args.config, opts)
+    h, w = default_image_size(cfg)
+    size = (args.height or h, args.width or w)
+    model = build_model(cfg, args.weights, args.device, args.seed, config_name=args.config)
+    return analyze_model(model, args.tasks, size, max_depth=args.max_depth, config_name=args.config,
+                         seed=args.seed)
+
+
+def input_errors() -> tuple:
+    """The exception types that mean bad input (a config, override, checkpoint, size): the tools print
+    them as one line instead of a traceback."""
+    from afa_d2.engine.checkpoint import CheckpointShapeError, CorruptCheckpointError, UntrustedCheckpointError
+    from afa_d2.model_zoo import CheckpointMismatchError, ChecksumError, FetchError
+
+    return (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError, CheckpointShapeError,
+            CorruptCheckpointError, UntrustedCheckpointError, ChecksumError, FetchError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python tools/analyze_model.py``: prints the report; bad input is one line on stderr, exit 2."""
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except input_errors() as e:
+        print("analyze_model: error: {}".format(one_line(e)), file=sys.stderr)
+        return 2
+    print(result.text())
+    return 0
