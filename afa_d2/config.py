@@ -31,7 +31,8 @@ def add_afa_config(cfg: CN) -> CN:
     _C.MODEL.AFA.MLP_RATIO = 2.0
     # Recompute each MS-Att's DW-MLP branch in backward (less training memory, more time).
     _C.MODEL.AFA.CHECKPOINT_MLP = False
-    # Initialise MSSA / concat so that they compute FPN's sum (fine-tuning from an FPN checkpoint).
+    # Initialise MSSA / concat so that they compute FPN's sum (fine-tuning from an FPN checkpoint:
+    # exactly FPN with UPSAMPLE_MODE "nearest"); sum has nothing to do; msca cannot (ValueError).
     _C.MODEL.AFA.START_AS_FPN = False
     # "" = bilinear for mssa/msca (paper), nearest for sum/concat (FPN); or "nearest" | "bilinear".
     _C.MODEL.AFA.UPSAMPLE_MODE = ""

@@ -2,11 +2,17 @@
 
 detectron2 v0.6's ``get_default_optimizer_params`` has no per-parameter lr factor (its
 ``lr_factor_func`` came later), so afa_d2 has its own, LazyConfig-friendly (a module-level
-function: ``params=L(finetune_param_groups)(...)``, ``params.model`` set by afa_d2.engine).
+function, no lambda)::
+
+    optimizer.params = L(finetune_param_groups)(base_lr="${..lr}", weight_decay="${..weight_decay}")
+
+``optimizer.params.model`` is set to the model by afa_d2.engine before the optimizer is built, as
+for detectron2's function. detectron2's lr schedulers scale every group's own initial lr, so the
+factor between groups holds through warm-up and decay.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -19,6 +25,11 @@ NORM_TYPES: Tuple[type, ...] = (
 )
 
 
+def _is_norm(module: nn.Module) -> bool:
+    # detectron2's FrozenBatchNorm2d has no parameters; its NaiveSyncBatchNorm is a BatchNorm2d
+    return isinstance(module, NORM_TYPES) or type(module).__name__ == "FrozenBatchNorm2d"
+
+
 def finetune_param_groups(
     model: nn.Module,
     *,
@@ -29,28 +40,42 @@ def finetune_param_groups(
     weight_decay_norm: float = 0.0,
     weight_decay_bias: float = 0.0,
 ) -> List[Dict[str, Any]]:
-    """Parameter groups: parameters under ``new_prefixes`` (the blocks the checkpoint does not have)
-    at ``base_lr``, every other one at ``base_lr * pretrained_lr_factor``; no weight decay on norms
-    and biases (``weight_decay_norm`` / ``weight_decay_bias``). Frozen parameters are left out.
+    """Parameter groups for fine-tuning from a checkpoint that lacks some blocks.
+
+    Parameters whose name starts with one of ``new_prefixes`` (the blocks the checkpoint does not
+    have: an AttentionFPN's aggregation operators when starting from a detectron2 FPN) train at
+    ``base_lr``; every other one (loaded from the checkpoint) at ``base_lr * pretrained_lr_factor``.
+    Norm weights and biases get ``weight_decay_norm``, other biases ``weight_decay_bias``, the rest
+    ``weight_decay``. Frozen parameters (``requires_grad=False``) are left out; a parameter shared
+    by two modules is counted once.
+
+    Args:
+        model (nn.Module): the model to optimise.
+        base_lr (float): the lr of the new blocks (the optimizer's lr).
+        new_prefixes (list[str]): name prefixes of the new blocks.
+        pretrained_lr_factor (float): in [0, 1], the lr factor of everything else.
+        weight_decay, weight_decay_norm, weight_decay_bias (float): see above.
 
     Returns:
-        list[dict]: one group per (lr, weight decay), each with ``params``, ``lr``, ``weight_decay``.
+        list[dict]: one group per (lr, weight decay), each with ``params``, ``lr`` and
+        ``weight_decay``, for any ``torch.optim`` optimizer.
     """
-    if not (isinstance(pretrained_lr_factor, (int, float)) and 0 <= pretrained_lr_factor <= 1):
-        raise ValueError("pretrained_lr_factor must be in [0, 1], got {!r}".format(pretrained_lr_factor))
+    if isinstance(pretrained_lr_factor, bool) or not (
+            isinstance(pretrained_lr_factor, (int, float)) and 0 <= pretrained_lr_factor <= 1):
+        raise ValueError("pretrained_lr_factor must be a number in [0, 1], got {!r}".format(pretrained_lr_factor))
     if isinstance(new_prefixes, str):
         raise ValueError("new_prefixes must be a list of name prefixes, got the str {!r}".format(new_prefixes))
-    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
-    norm_params |= {id(p) for m in model.modules() if type(m).__name__ == "FrozenBatchNorm2d"
-                    for p in m.parameters(recurse=False)}
+    if isinstance(base_lr, bool) or not isinstance(base_lr, (int, float)) or base_lr <= 0:
+        raise ValueError("base_lr must be a number > 0, got {!r}".format(base_lr))
+    new_prefixes = tuple(new_prefixes)
+    norm_params = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
     groups: Dict[Tuple[float, float], List[torch.nn.Parameter]] = {}
-    matched_new = 0
+    seen: Set[int] = set()
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in seen:
             continue
-        new = any(name.startswith(prefix) for prefix in new_prefixes)
-        matched_new += new
-        lr = base_lr if new else base_lr * pretrained_lr_factor
+        seen.add(id(p))
+        lr = base_lr if name.startswith(new_prefixes) else base_lr * pretrained_lr_factor
         if id(p) in norm_params:
             wd = weight_decay_norm
         elif name.endswith(".bias"):

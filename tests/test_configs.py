@@ -301,6 +301,7 @@ def test_shapes_rows_share_the_small_recipe(arch):
     "COCO/cascade_mask_rcnn_R_50_mssa_1x_test_dev.py",
     "LVIS/mask_rcnn_R_50_msca_1x.py",
     "shapes/cascade_mask_rcnn_R_18_msca.py",
+    "COCO/finetune/mask_rcnn_R_50_mssa_from_fpn.py",
 ])
 def test_dumped_config_loads_again(name, tmp_path):
     path = os.path.join(CONFIG_DIR, name)
@@ -347,17 +348,35 @@ def test_yacs_example_builds_through_the_registry():
 
 # ----------------------------------------------------------------------------- fine-tuning from FPN
 D2_FPN_CHECKPOINT = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/137260431/model_final_a54504.pkl"
+_D2_SHAPES = {}
+
+
+def _detectron2_fpn_shapes():
+    """Key -> shape of detectron2's own Mask R-CNN R-50 FPN (the architecture of D2_FPN_CHECKPOINT)."""
+    if not _D2_SHAPES:
+        from detectron2 import model_zoo
+
+        model = instantiate(model_zoo.get_config("common/models/mask_rcnn_fpn.py").model)
+        _D2_SHAPES.update({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    return _D2_SHAPES
 
 
 def test_one_finetune_config_per_operator():
     assert [_stem(p) for p in FINETUNE] == ["mask_rcnn_R_50_{}_from_fpn".format(op)
                                             for op in ("concat", "msca", "mssa", "sum")]
+    # the name is a recipe's name with the schedule "from_fpn"
+    assert all(NAME_RE.match(_stem(p)[: -len("_from_fpn")]) for p in FINETUNE)
+    with open(os.path.join(CONFIG_DIR, "README.md")) as f:
+        readme = f.read()
+    assert all(_rel(p).replace(os.sep, "/") in readme for p in FINETUNE), "configs/README.md: fine-tuning configs"
 
 
 @pytest.mark.parametrize("path", FINETUNE, ids=_rel)
 def test_finetune_config_starts_from_detectron2_fpn(path):
-    """Each fine-tuning config: detectron2's FPN checkpoint, 3 epochs with the decay after 2, the
-    new blocks at the base lr and the loaded weights at a tenth, and the start its operator allows."""
+    """Each fine-tuning config: detectron2's FPN checkpoint, whose every tensor has a place of the same
+    shape in the model (only the operator's blocks are new), 3 epochs with the decay after 2, the new
+    blocks at the base lr and the loaded weights at a tenth, no weight decay on norms and biases, and
+    the start its operator allows."""
     from afa_d2.solver import finetune_param_groups
 
     cfg = load(path)
@@ -371,16 +390,29 @@ def test_finetune_config_starts_from_detectron2_fpn(path):
     if op == "mssa":
         assert cfg.model.backbone.upsample_mode == "nearest"  # the exact FPN start
     model = instantiate(cfg.model)
+    assert isinstance(model.backbone, AttentionFPN) and set(model.backbone.level_ops.values()) == {op}
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shared = {k: v for k, v in state.items() if not k.startswith("backbone.fpn_aggregation")}
+    assert shared == _detectron2_fpn_shapes(), "the checkpoint's architecture differs from the model's"
+    assert (list(cfg.model.pixel_std), cfg.model.input_format) == ([1.0, 1.0, 1.0], "BGR")  # MSRA R-50, as trained
+    if op == "mssa":
+        assert all(float(model.backbone.get_submodule("fpn_aggregation{}".format(i)).attn.mlp.fc2.weight.abs().sum())
+                   == 0 for i in (2, 3, 4, 5))
+    if op == "concat":
+        fuse = model.backbone.fpn_aggregation2.fuse.weight[:, :, 0, 0]
+        assert torch.equal(fuse, torch.cat([torch.eye(256), torch.eye(256)], 1))
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     assert cfg.optimizer.params._target_ is finetune_param_groups
-    lrs = {}
+    lrs, wds = {}, {}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            lrs[names[id(p)]] = group["lr"]
+            lrs[names[id(p)]], wds[names[id(p)]] = group["lr"], group["weight_decay"]
+    assert set(lrs) == {n for n, p in model.named_parameters() if p.requires_grad}
     new = {n for n in lrs if n.startswith("backbone.fpn_aggregation")}
     assert bool(new) == (op != "sum")
     assert all(lrs[n] == 1e-4 for n in new)
     assert all(abs(lrs[n] - 1e-5) < 1e-12 for n in lrs if n not in new)
-
+    assert all(wds[n] == 0.0 for n in lrs if n.endswith(".bias") or ".norm" in n)
+    assert wds["backbone.fpn_lateral2.weight"] == 0.05

@@ -1,40 +1,46 @@
 #!/usr/bin/env python
-"""Convert a detectron2 FPN checkpoint into an afa_d2 AttentionFPN detector's weights.
+"""Convert a detectron2 FPN checkpoint into the weights of an afa_d2 AttentionFPN detector.
 
-    python tools/convert_detectron2_fpn.py model_final_f10217.pkl out/mask_rcnn_R_50_mssa_from_fpn.pth \\
+    python tools/convert_detectron2_fpn.py model_final_a54504.pkl out/mask_rcnn_R_50_mssa_from_fpn.pth \\
         --config COCO/mask_rcnn_R_50_mssa_1x.py --start-as-fpn +model.backbone.upsample_mode=nearest
 
 Every shared weight (bottom-up, laterals, output convs, RPN and RoI heads) loads; only the
 operator's blocks (backbone.fpn_aggregation*) are new. --start-as-fpn starts MSSA / concat as FPN's
-sum (with Up nearest, the converted detector's outputs equal the FPN detector's). Prints what was
-loaded, what is new and what was dropped. See afa_d2.model_zoo.convert.convert_detectron2_fpn.
+sum (with Up nearest, the converted detector gives the FPN detector's detections; MSCA cannot).
+Prints what was loaded, what is new and what was dropped; a checkpoint of another architecture is
+an error naming keys and shapes (--allow-mismatch converts anyway). The source is a detectron2
+model-zoo .pkl (read without running any code it may hold) or a .pth, a path or a URL
+(detectron2://...). See afa_d2.model_zoo.convert.convert_detectron2_fpn.
 """
 import argparse
+import pickle
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.model_zoo.convert import convert_detectron2_fpn, save_converted
+from afa_d2.model_zoo.convert import convert_detectron2_fpn
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    from afa_d2.engine.checkpoint import CorruptCheckpointError, UntrustedCheckpointError
+
+    head, tail = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(description=head, epilog=tail, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="detectron2 checkpoint: its model-zoo .pkl or a .pth (path or URL)")
-    p.add_argument("output", help="the converted .pth to write")
-    p.add_argument("--config", required=True, help="the target: a zoo config name or a LazyConfig file")
+    p.add_argument("output", help="the converted .pth to write (atomically)")
+    p.add_argument("--config", required=True,
+                   help="the target detector: a LazyConfig file or an afa_d2 zoo config name")
     p.add_argument("--start-as-fpn", action="store_true", help="start MSSA / concat blocks as FPN's sum")
     p.add_argument("--allow-mismatch", action="store_true",
-                   help="write even if weights outside the new blocks do not fit (e.g. another number of classes)")
+                   help="convert even if weights outside the new blocks do not fit (they keep their initialisation)")
     p.add_argument("opts", nargs="*", default=[], help="config overrides key=value")
     args = p.parse_intermixed_args(argv)  # overrides may follow the flags
     try:
-        state, report = convert_detectron2_fpn(args.source, args.config, start_as_fpn=args.start_as_fpn,
-                                               opts=args.opts, strict=not args.allow_mismatch)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        p.exit(2, "error: {}\n".format(e))
+        _, report = convert_detectron2_fpn(args.source, args.config, opts=args.opts, start_as_fpn=args.start_as_fpn,
+                                           strict=not args.allow_mismatch, output=args.output)
+    except (ValueError, KeyError, OSError, pickle.UnpicklingError, CorruptCheckpointError,
+            UntrustedCheckpointError) as e:
+        p.exit(2, "error: {}\n".format(str(e).replace("\n", " ")))
     print(report.describe())
-    save_converted(state, args.output, author="afa_d2 tools/convert_detectron2_fpn.py", report=report,
-                   extra={"target_config": args.config, "start_as_fpn": args.start_as_fpn})
-    print("wrote {}".format(args.output))
     return 0
 
 

@@ -6,41 +6,38 @@
     python train_net.py --config-file configs/COCO/cascade_mask_rcnn_swin_T_mssa_1x.py \\
         train.init_checkpoint=out/swin_T_bottom_up.pth
 
-Writes backbone.bottom_up.model.* keys; the classifier and the buffers timm recomputes are dropped,
-patch merging moved to timm's stages. See afa_d2.model_zoo.convert.convert_swin.
+Writes backbone.bottom_up.model.* keys. The layout is detected: the official one's patch merging
+(end of stages 0-2) moves to timm's (start of stages 1-3) and head -> head.fc; the classifier,
+the final norm and the buffers timm recomputes (relative_position_index, attn_mask) are dropped and
+reported as such; a relative-position bias table of another window size is an error. See
+afa_d2.model_zoo.convert.convert_swin.
 """
 import argparse
+import pickle
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.model_zoo.convert import convert_swin, save_converted
+from afa_d2.model_zoo.convert import convert_swin
 
 
-def main(argv=None):
-    from detectron2.config import instantiate
+def main(argv=None) -> int:
+    from afa_d2.engine.checkpoint import CorruptCheckpointError, UntrustedCheckpointError
 
-    from afa_d2.engine import apply_overrides, load_config
-    from afa_d2.model_zoo import get_config
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("source", help="a Swin checkpoint (.pth, official or timm layout)")
-    p.add_argument("output", help="the converted .pth to write")
+    head, tail = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(description=head, epilog=tail, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="a Swin checkpoint (.pth, path or URL; official or timm layout)")
+    p.add_argument("output", help="the converted .pth to write (atomically)")
     p.add_argument("--config", default="COCO/cascade_mask_rcnn_swin_T_sum_1x.py",
-                   help="a config with the Swin bottom-up (zoo name or LazyConfig file)")
+                   help="a config whose model.backbone.bottom_up is the Swin bottom-up (LazyConfig file or zoo name)")
+    p.add_argument("--prefix", default="backbone.bottom_up.model.", help="key prefix (default: a detector's)")
     p.add_argument("opts", nargs="*", default=[], help="config overrides key=value")
     args = p.parse_intermixed_args(argv)  # overrides may follow the flags
-    import os
-
-    cfg = load_config(args.config, args.opts) if os.path.isfile(args.config) else apply_overrides(
-        get_config(args.config), args.opts)
-    bottom_up = instantiate(cfg.model.backbone.bottom_up)
     try:
-        weights, report = convert_swin(args.source, bottom_up)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        p.exit(2, "error: {}\n".format(e))
+        _, report = convert_swin(args.source, args.config, opts=args.opts, prefix=args.prefix, output=args.output)
+    except (ValueError, KeyError, OSError, pickle.UnpicklingError, CorruptCheckpointError,
+            UntrustedCheckpointError) as e:
+        p.exit(2, "error: {}\n".format(str(e).replace("\n", " ")))
     print(report.describe())
-    save_converted(weights, args.output, author="afa_d2 tools/convert_swin.py", report=report)
-    print("wrote {}".format(args.output))
     return 0
 
 

@@ -17,6 +17,13 @@ exact size (inputs need not be divisible by 32): nearest for sum/concat (FPN), b
 Every operator has the same interface, ``forward(lateral, top_down=None)``, where
 ``lateral`` is ``F_i`` and ``top_down`` the deeper level's *un-resized* ``P_{i+1}`` (or
 ``None`` on the top level), so an operator is free to fuse resizing with what follows.
+
+``start_as_fpn=True`` (every operator's constructor, :func:`build_aggregation`) initialises an
+operator's own weights so that it computes FPN's sum, for fine-tuning from an FPN checkpoint
+(SPEC §7b): "sum" is it already; "concat" gets the fuse weight ``[I | I]`` and bias 0 (only
+without a norm in the fuse conv); "mssa" gets its DW-MLP's last linear at zero, so
+``MS-Att(R_i) = R_i`` and ``P_i = F_i + Up(P_{i+1})``. Either is exactly FPN when ``Up`` is
+nearest, FPN's. "msca" cannot (:data:`MSCA_CANNOT_START_AS_SUM`) and raises ValueError.
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ __all__ = [
     "AGGREGATION_OPS",
     "UPSAMPLE_MODES",
     "Aggregation",
+    "CONCAT_NORM_CANNOT_START_AS_SUM",
+    "MSCA_CANNOT_START_AS_SUM",
     "SumAggregation",
     "ConcatAggregation",
     "MSSAAggregation",
@@ -51,6 +60,16 @@ MSCA_CANNOT_START_AS_SUM = (
     "its query F_i, so with the DW-MLP's last linear at zero P_i = 2 F_i and the deeper level is lost; "
     "P_{i+1} reaches P_i only through attention over its pooled tokens. Leave start_as_fpn off for msca "
     "(the converter then loads every shared weight and keeps the MSCA blocks at their fresh initialisation)")
+
+CONCAT_NORM_CANNOT_START_AS_SUM = (
+    "concat cannot start as FPN's sum with a norm in its 1x1 fuse conv (norm={!r}): the fuse computes "
+    "Norm(W [F_i, Up(P_{{i+1}})]), and no weight makes that F_i + Up(P_{{i+1}}) for every input; "
+    "build it with norm='' (AttentionFPN's norm is also the fuse conv's) or leave start_as_fpn off")
+
+
+def _check_start_as_fpn(start_as_fpn) -> None:
+    if not isinstance(start_as_fpn, bool):
+        raise ValueError("start_as_fpn must be a bool, got {!r}".format(start_as_fpn))
 
 
 def resize_to(x: Tensor, size: Tuple[int, int], mode: str) -> Tensor:
@@ -112,7 +131,16 @@ class Aggregation(nn.Module):
 
 
 class SumAggregation(Aggregation):
-    """FPN's sum-up: ``P_i = F_i + Up(P_{i+1})``; top level ``F``."""
+    """FPN's sum-up: ``P_i = F_i + Up(P_{i+1})``; top level ``F``.
+
+    Args:
+        upsample_mode (str or None): see :class:`Aggregation`.
+        start_as_fpn (bool): accepted for the common interface; the sum is FPN's already.
+    """
+
+    def __init__(self, upsample_mode: Optional[str] = None, *, start_as_fpn: bool = False):
+        super().__init__(upsample_mode)
+        _check_start_as_fpn(start_as_fpn)
 
     def init_as_sum(self) -> None:
         pass  # it is the sum
@@ -131,26 +159,38 @@ class ConcatAggregation(Aggregation):
         norm (str): detectron2 norm of the 1x1 conv ("" for none, then with bias).
         upsample_mode (str or None): see :class:`Aggregation`.
         top (bool): the top level (no deeper input): no conv, ``P = F``.
+        start_as_fpn (bool): start as FPN's sum: fuse weight ``[I | I]``, bias 0 (ValueError with
+            a ``norm``).
     """
 
     def __init__(
-        self, channels: int, *, norm: str = "", upsample_mode: Optional[str] = None, top: bool = False
+        self,
+        channels: int,
+        *,
+        norm: str = "",
+        upsample_mode: Optional[str] = None,
+        top: bool = False,
+        start_as_fpn: bool = False,
     ):
         super().__init__(upsample_mode)
+        _check_start_as_fpn(start_as_fpn)
+        if start_as_fpn and norm and not top:
+            raise ValueError(CONCAT_NORM_CANNOT_START_AS_SUM.format(norm))
         self.fuse: Optional[nn.Module] = None
         if not top:  # the top level has nothing to concatenate: no (unused) conv
             self.fuse = Conv2d(
                 2 * channels, channels, kernel_size=1, bias=norm == "", norm=get_norm(norm, channels)
             )
             weight_init.c2_xavier_fill(self.fuse)
+            if start_as_fpn:
+                self.init_as_sum()
 
     def init_as_sum(self) -> None:
         """Fuse weight ``[I | I]``, bias 0: ``Conv1x1([F, U]) = F + U``."""
         if self.fuse is None:
             return
         if self.fuse.norm is not None or self.fuse.bias is None:
-            raise ValueError("concat cannot start as FPN's sum with a norm in its 1x1 fuse conv (norm={!r}): the "
-                             "norm changes F + Up(P); build it with norm=''".format(self.fuse.norm))
+            raise ValueError(CONCAT_NORM_CANNOT_START_AS_SUM.format(type(self.fuse.norm).__name__))
         c = self.fuse.out_channels
         with torch.no_grad():
             eye = torch.eye(c, dtype=self.fuse.weight.dtype, device=self.fuse.weight.device)
@@ -166,6 +206,7 @@ class ConcatAggregation(Aggregation):
 class _AttentionAggregation(Aggregation):
     default_upsample_mode = "bilinear"
     uses_attention = True
+    can_start_as_sum = True
 
     def __init__(
         self,
@@ -178,8 +219,12 @@ class _AttentionAggregation(Aggregation):
         mlp_ratio: float = 2.0,
         upsample_mode: Optional[str] = None,
         checkpoint_mlp: bool = False,
+        start_as_fpn: bool = False,
     ):
         super().__init__(upsample_mode)
+        _check_start_as_fpn(start_as_fpn)
+        if start_as_fpn and not self.can_start_as_sum:
+            raise ValueError(MSCA_CANNOT_START_AS_SUM)
         self.attn = MSAttention(
             channels,
             num_heads,
@@ -190,6 +235,8 @@ class _AttentionAggregation(Aggregation):
             checkpoint_mlp=checkpoint_mlp,
         )
         self.reference = False  # True: the straightforward path (tests, ``benchmark --reference``)
+        if start_as_fpn:
+            self.init_as_sum()
 
     def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if self.reference:
@@ -208,7 +255,8 @@ class _AttentionAggregation(Aggregation):
 class MSSAAggregation(_AttentionAggregation):
     """MSSA (paper §3.1): ``R_i = F_i + Up(P_{i+1})`` (eq. 1), ``P_i = MS-Att(R_i)`` (eq. 2).
 
-    Top level: ``P = MS-Att(F)``. Args as :class:`MSAttention`, plus ``upsample_mode``.
+    Top level: ``P = MS-Att(F)``. Args as :class:`MSAttention`, plus ``upsample_mode`` and
+    ``start_as_fpn`` (:meth:`init_as_sum` at construction).
     """
 
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
@@ -226,16 +274,17 @@ class MSSAAggregation(_AttentionAggregation):
     def init_as_sum(self) -> None:
         """DW-MLP's last linear at zero: ``MS-Att(R) = R + DW-MLP(...) = R``, so ``P_i = R_i``, FPN's sum
         (with ``Up`` nearest; with the paper's bilinear ``Up`` it is the sum of a bilinear upsampling)."""
-        with torch.no_grad():
-            self.attn.mlp.fc2.weight.zero_()
-            self.attn.mlp.fc2.bias.zero_()
+        self.attn.init_as_identity()
 
 
 class MSCAAggregation(_AttentionAggregation):
     """MSCA (paper §3.2): ``S_i = MS-Att(F_i, Up(P_{i+1}))`` (eq. 3), ``P_i = F_i + S_i`` (eq. 4).
 
-    Top level: ``P = F + MS-Att(F, F)``. Args as :class:`MSAttention`, plus ``upsample_mode``.
+    Top level: ``P = F + MS-Att(F, F)``. Args as :class:`MSAttention`, plus ``upsample_mode``;
+    ``start_as_fpn=True`` raises ValueError (:data:`MSCA_CANNOT_START_AS_SUM`).
     """
+
+    can_start_as_sum = False
 
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         h, w = int(lateral.shape[-2]), int(lateral.shape[-1])
@@ -302,10 +351,13 @@ def build_aggregation(
     mlp_ratio: float = 2.0,
     checkpoint_mlp: bool = False,
     top: bool = False,
+    start_as_fpn: bool = False,
 ) -> Aggregation:
     """Build the operator ``name`` (one of :data:`AGGREGATION_OPS`) for ``channels`` channels.
 
     ``top``: for the top level (no deeper input; "concat" then has no conv).
+    ``start_as_fpn``: initialise the operator as FPN's sum (see the module doc; ValueError for
+    "msca", and for "concat" with a ``norm``).
     ``norm`` is used by "concat" only; ``num_heads``, ``pooling``, ``pool_stride``,
     ``adaptive_pool_size``, ``mlp_ratio`` and ``checkpoint_mlp`` by "mssa" / "msca" only (see
     :class:`MSAttention`).
@@ -316,9 +368,9 @@ def build_aggregation(
         )
     cls = AGGREGATION_OPS[name]
     if cls is SumAggregation:
-        return cls(upsample_mode)
+        return cls(upsample_mode, start_as_fpn=start_as_fpn)
     if cls is ConcatAggregation:
-        return cls(channels, norm=norm, upsample_mode=upsample_mode, top=top)
+        return cls(channels, norm=norm, upsample_mode=upsample_mode, top=top, start_as_fpn=start_as_fpn)
     return cls(
         channels,
         num_heads=num_heads,
@@ -328,4 +380,5 @@ def build_aggregation(
         mlp_ratio=mlp_ratio,
         upsample_mode=upsample_mode,
         checkpoint_mlp=checkpoint_mlp,
+        start_as_fpn=start_as_fpn,
     )

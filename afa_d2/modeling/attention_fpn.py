@@ -20,7 +20,13 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import Tensor, nn
 
-from .aggregation import AGGREGATION_OPS, MSCA_CANNOT_START_AS_SUM, UPSAMPLE_MODES, build_aggregation
+from .aggregation import (
+    AGGREGATION_OPS,
+    CONCAT_NORM_CANNOT_START_AS_SUM,
+    MSCA_CANNOT_START_AS_SUM,
+    UPSAMPLE_MODES,
+    build_aggregation,
+)
 from .ms_attention import check_attention_args
 
 __all__ = ["AttentionFPN"]
@@ -82,9 +88,11 @@ class AttentionFPN(Backbone):
                 of keeping its activations (training memory for time; same values and
                 gradients; see :class:`~afa_d2.modeling.MSAttention`).
             start_as_fpn (bool): initialise each operator's own weights so that it computes FPN's
-                sum (MSSA: the DW-MLP's last linear at zero; concat: fuse ``[I | I]``); with
-                ``upsample_mode="nearest"`` the pyramid then equals detectron2's FPN exactly,
-                for fine-tuning from an FPN checkpoint. Not possible with "msca" (ValueError).
+                sum (MSSA: the DW-MLP's last linear at zero; concat: fuse ``[I | I]``, bias 0;
+                sum: nothing to do); with ``upsample_mode="nearest"`` the pyramid then equals
+                detectron2's FPN exactly, for fine-tuning from an FPN checkpoint (its weights
+                have no ``fpn_aggregation*`` keys, so loading it keeps this start). ValueError
+                with "msca" on any level (it cannot be the sum) and with "concat" and a ``norm``.
             upsample_mode (str or None): ``Up`` for every operator; None: bilinear for
                 MSSA/MSCA (paper), nearest for sum/concat (FPN).
             norm (str): detectron2 norm of the lateral, output and concat convs ("" for none).
@@ -175,6 +183,10 @@ class AttentionFPN(Backbone):
         if start_as_fpn and "msca" in ops.values():
             raise ValueError("start_as_fpn=True with msca on {}: {}".format(
                 [lvl for lvl, op in ops.items() if op == "msca"], MSCA_CANNOT_START_AS_SUM))
+        # the top level's concat has no fuse conv, so only the others need norm=""
+        if start_as_fpn and norm and "concat" in [ops[lvl] for lvl in levels[:-1]]:
+            raise ValueError("start_as_fpn=True with concat on {}: {}".format(
+                [lvl for lvl in levels[:-1] if ops[lvl] == "concat"], CONCAT_NORM_CANNOT_START_AS_SUM.format(norm)))
         if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(
                 "unknown upsample_mode {!r}; valid: {} or None".format(
@@ -221,11 +233,10 @@ class AttentionFPN(Backbone):
                 mlp_ratio=mlp_ratio,
                 checkpoint_mlp=checkpoint_mlp,
                 top=idx == len(in_channels) - 1,
+                start_as_fpn=start_as_fpn,
             )
             self.add_module("fpn_lateral{}".format(stage), lateral_conv)
             self.add_module("fpn_output{}".format(stage), output_conv)
-            if start_as_fpn:
-                agg.init_as_sum()
             self.add_module("fpn_aggregation{}".format(stage), agg)
             lateral_convs.append(lateral_conv)
             output_convs.append(output_conv)
@@ -240,6 +251,7 @@ class AttentionFPN(Backbone):
         self.bottom_up = bottom_up
         self.levels = tuple(levels)
         self.level_ops: Dict[str, str] = dict(ops)
+        self.fpn_norm = norm
         self._out_feature_strides = {lvl: s for lvl, s in zip(levels, strides)}
         if top_block is not None:
             stage = int(math.log2(strides[-1]))
@@ -279,6 +291,23 @@ class AttentionFPN(Backbone):
             "top_block": LastLevelMaxPool(),
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
         }
+
+    def init_as_fpn(self) -> None:
+        """Re-initialise every operator's own weights as FPN's sum, in place: what
+        ``start_as_fpn=True`` does at construction, for a model already built (the converter of
+        :mod:`afa_d2.model_zoo.convert`). ValueError if an operator cannot (msca; concat with a norm).
+        """
+        msca = [lvl for lvl, op in self.level_ops.items() if op == "msca"]
+        if msca:  # checked before any weight changes
+            raise ValueError("init_as_fpn with msca on {}: {}".format(msca, MSCA_CANNOT_START_AS_SUM))
+        aggregations = [getattr(self, "fpn_aggregation{}".format(lvl[1:])) for lvl in self.levels]
+        normed = [lvl for lvl, agg in zip(self.levels, aggregations)
+                  if getattr(getattr(agg, "fuse", None), "norm", None) is not None]
+        if normed:
+            raise ValueError("init_as_fpn with concat on {}: {}".format(
+                normed, CONCAT_NORM_CANNOT_START_AS_SUM.format(self.fpn_norm)))
+        for agg in aggregations:
+            agg.init_as_sum()
 
     @property
     def size_divisibility(self) -> int:

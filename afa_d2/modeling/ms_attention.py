@@ -308,6 +308,19 @@ class MSAttention(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def init_as_identity(self) -> None:
+        """Zero the DW-MLP's last linear (``fc2``, weight and bias), so that ``MS-Att(x_q, x_kv) = x_q``.
+
+        Eq. (7) is ``p_q = f_q + DW-MLP(LN(f_q + Att))``; with ``fc2`` at zero the MLP branch is
+        exactly 0 whatever its input, so the block returns its query unchanged (on both paths).
+        Training still moves it: ``fc2`` gets a gradient at once, the rest of the block as soon
+        as ``fc2`` is no longer zero. The start of
+        :class:`~afa_d2.modeling.aggregation.MSSAAggregation` as FPN's sum.
+        """
+        with torch.no_grad():
+            self.mlp.fc2.weight.zero_()
+            self.mlp.fc2.bias.zero_()
+
     def extra_repr(self) -> str:
         pools = (
             "adaptive {0}x{0}".format(self.adaptive_pool_size)

@@ -7,12 +7,17 @@ an operator's own blocks are new (``afa_d2.model_zoo.convert``). This file is th
 same short schedule with no new block, so that a gain of MSSA / MSCA / concat below is theirs and
 not the extra training's. The recipe, shared by the four files:
 
-* 3 epochs at total batch 8, lr x 0.1 after epoch 2, 500 warm-up iterations;
+* 3 epochs at total batch 8, lr x 0.1 after epoch 2 (two thirds of training, as the 1x schedule's
+  first decay at 8 of 12 epochs), 500 warm-up iterations (the new blocks start at random or as FPN);
 * AdamW; the new blocks (``backbone.fpn_aggregation*``) at lr 1e-4, everything loaded from the
   checkpoint at 1e-5 (``afa_d2.solver.finetune_param_groups``, ``pretrained_lr_factor=0.1``); no
-  weight decay on norms and biases; the bottom-up keeps its FrozenBN, as in the checkpoint.
+  weight decay on norms and biases; the stem and res2 stay frozen and the bottom-up keeps its
+  FrozenBN, as in the checkpoint's training (detectron2's ``freeze_at=2``);
+* the model is detectron2's Mask R-CNN R-50 FPN config with FPN replaced (MSRA R-50: BGR, pixel
+  std 1, ``stride_in_1x1=True``), so the checkpoint fits it.
 
-    3 ep = 43977 iters * 8 images/iter / 117266 images/ep (resolved at start-up)
+    3 ep = 43977 iters * 8 images/iter / 117266 images/ep (3 * ceil(117266 / 8), resolved at start-up)
+    lr x 0.1 at 2 * 14659 = 29318 iters
 """
 from afa_d2.solver import finetune_param_groups
 from detectron2.config import LazyCall as L
