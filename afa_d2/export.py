@@ -1,0 +1,847 @@
+"""Export an afa_d2 detector to ONNX or TorchScript, and run the exported file.
+
+The whole detector (Mask R-CNN or Cascade Mask R-CNN, any aggregation operator) is traced as
+detectron2's ``tools/deploy/export_model.py`` traces it: :class:`detectron2.export.TracingAdapter`
+around ``model.inference(inputs, do_postprocess=False)``, one image in, flat tensors out.
+
+    from afa_d2 import export
+    info = export.export_config("shapes/mask_rcnn_R_18_msca.py", "out/model.onnx", weights="model_final.pth",
+                                height=480, width=640)                       # or export.export_model(model, ...)
+    dets = export.run_exported("out/model.onnx", "image.jpg", output="out/dets.json")   # + out/dets.png
+
+**The exported graph.** Input ``image``: Tensor of shape (3, H, W), float32, 0-255, in the model's
+``input_format`` (detectron2's default BGR), *not* normalised or padded (the graph does both, as the
+model does). Outputs, named in the ONNX file and listed in the metadata of both formats, as
+:class:`detectron2.export.TracingAdapter` flattens the ``Instances`` (fields sorted by name):
+
+* ``pred_boxes`` (N, 4) float32, XYXY in the input image's pixels (clipped to it);
+* ``pred_classes`` (N,) int64; ``scores`` (N,) float32, sorted by NMS per class, as detectron2 leaves them;
+* ``pred_masks`` (N, 1, M, M) float32 (M = 28): mask **probabilities** (the sigmoid of the mask head's
+  logits for the predicted class), in the box's frame, *before* pasting into the image
+  (:func:`run_exported` pastes them, with detectron2's ``detector_postprocess``);
+* ``image_size`` (2,) int64: (H, W) of the input.
+
+**Attention.** MS-Att's kernels fall back to the plain ops while tracing or exporting
+(:func:`afa_d2.modeling.kernels._special_mode`: ``torch.jit.is_tracing()`` is true under both
+``torch.jit.trace`` and the TorchScript-based ``torch.onnx.export``), so attention is exported as
+``scaled_dot_product_attention``, which the ONNX exporter writes as MatMul / Softmax / MatMul (opset
+17 has no Attention op) and onnxruntime runs; the host-measured 1x1-convolution kernels never enter
+a graph, whatever ``AFA_D2_KERNELS`` says (``tests/test_export.py`` checks both).
+
+**RoIAlign and the opset.** detectron2's exporter pins opset 11 (``STABLE_ONNX_OPSET_VERSION``), where
+ONNX RoiAlign only has the legacy ``output_half_pixel`` sampling grid. detectron2's poolers use
+``ROIAlign(aligned=True)`` (torchvision's ``roi_align(..., aligned=True)``: the box is shifted by -0.5
+pixel before sampling); torchvision's opset-11 symbolic only warns about it and exports the unshifted
+grid, so every pooled feature is sampled half a feature pixel off (a max error of about 3 on unit-variance
+features, measured; ``tests/test_export.py``). From opset 16 ONNX RoiAlign has
+``coordinate_transformation_mode="half_pixel"``, and torchvision's opset-16 symbolic writes it for
+``aligned=True``: onnxruntime's CPU RoiAlign then equals torchvision's, bit for bit in the test, for the
+adaptive sampling ratio (0, detectron2's default) and fixed ones, tiny and zero-size boxes included.
+So this module exports at opset :data:`DEFAULT_OPSET` (17: also ONNX's LayerNormalization, MS-Att's
+three LayerNorms as one node each) and refuses anything below :data:`MIN_OPSET`; the box, score and
+mask outputs are compared with PyTorch's in the tests (within 1e-3).
+
+**Input sizes: one graph per padded size.** The graph declares H and W dynamic, but tracing records
+AttentionFPN's feature-map sizes as constants: the operators convert the map sizes to Python ints
+(``int(lateral.shape[-2])``) for ``Up`` (resized to ``F_i``'s exact size), for MS-Att's token
+reshapes and the DW-MLP's (N, H, W, C) view, and for the pooling kernels ``min(r, H)``. Everything
+from detectron2 (padding, anchors, proposals, RoI heads, the number of detections) stays dynamic. So
+one exported file serves every image that the model pads to the *same* size (multiples of
+``size_divisibility``, 32): an export at 97x131 (padded 128x160) runs any H in 97..128 and W in
+129..160 and equals PyTorch there; another padded size fails inside the graph (onnxruntime: a Reshape
+error) or, when the token counts happen to agree (128x160 against 160x128), would run on a wrong grid.
+:class:`ExportedModel` checks the size first and raises :class:`ExportedSizeError`, one line naming
+both sizes and what to do; the TorchScript file carries the same check in its own (scripted) forward,
+for users who load it without afa_d2. Re-export per input size (or resize / pad images to one size).
+Making the graph size-generic needs the operators to keep sizes as tensors while tracing (no ``int()``
+of a shape): a change to :mod:`afa_d2.modeling`, not to this module.
+
+**Metadata.** Both formats carry a JSON record (``afa_d2_export``: ONNX ``metadata_props``, a
+TorchScript extra file): output names, input format, the padded size and the range of H, W it takes,
+the config's test-time resize (when exported from a config: :func:`run_exported` applies it, as
+:class:`afa_d2.predictor.Predictor` does), the operators per level, the meta-architecture.
+
+**TracingAdapter on the registry copy.** detectron2 v0.6's ``detectron2/export/__init__.py`` imports
+``export/api.py``, which imports ``caffe2`` (gone from PyTorch), so ``from detectron2.export import
+TracingAdapter`` fails there although ``export/flatten.py`` (the adapter) needs nothing of it; later
+official versions import caffe2 only if present. :func:`tracing_adapter_class` imports ``flatten.py``
+without running that ``__init__`` on such a build, and leaves ``detectron2.export`` itself as it was.
+
+Optional dependencies: ``onnx`` and ``onnxruntime`` (``pip install 'afa_d2[export]'``); without them
+the ONNX functions raise :class:`MissingExportDependencyError`, one line. TorchScript needs nothing more.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from unittest import mock
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORT_FORMATS",
+    "INSTALL_HINT",
+    "MAX_OPSET",
+    "METADATA_KEY",
+    "MIN_OPSET",
+    "ExportError",
+    "ExportInfo",
+    "ExportedModel",
+    "ExportedSizeError",
+    "MissingExportDependencyError",
+    "export_config",
+    "export_model",
+    "format_of",
+    "load_model",
+    "padded_size",
+    "read_image",
+    "run_exported",
+    "tracing_adapter_class",
+    "write_detections",
+]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript"}
+DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+DEFAULT_OPSET = 17
+MIN_OPSET = 17
+MAX_OPSET = 20  # torch's TorchScript-based ONNX exporter stops at 20
+METADATA_KEY = "afa_d2_export"
+INSTALL_HINT = "pip install 'afa_d2[export]'"
+INPUT_NAME = "image"
+MASK_OUTPUT = "pred_masks"
+
+
+class ExportError(ValueError):
+    """A bad argument or input of the export or the runner (one line, naming the bad value)."""
+
+
+class ExportedSizeError(ExportError):
+    """An input whose padded size is not the one the exported graph was traced at."""
+
+
+class MissingExportDependencyError(ImportError):
+    """onnx / onnxruntime is not installed."""
+
+
+def _require(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExportDependencyError(
+            "{} needs the {} package, which is not installed ({}): {}".format(what, module, e, INSTALL_HINT)
+        ) from None
+
+
+# --------------------------------------------------------------------------------------- tracing
+def tracing_adapter_class() -> type:
+    """detectron2's :class:`~detectron2.export.TracingAdapter`, on an official build and on the registry copy.
+
+    The registry copy's ``detectron2.export`` package fails to import (its ``api.py`` needs caffe2);
+    then ``detectron2/export/flatten.py`` is imported as a submodule of a bare package object (its
+    folder as ``__path__``, the ``__init__`` not run), and ``detectron2.export`` is left out of
+    ``sys.modules`` again, as the failed import left it.
+    """
+    try:
+        from detectron2.export import TracingAdapter
+
+        return TracingAdapter
+    except ImportError as e:
+        if not str(getattr(e, "name", "") or "").startswith("caffe2"):
+            raise
+    import detectron2
+
+    name = "detectron2.export"
+    flatten = sys.modules.get(name + ".flatten")
+    if flatten is None:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [os.path.join(os.path.dirname(detectron2.__file__), "export")]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        try:
+            flatten = importlib.import_module(name + ".flatten")
+        finally:
+            sys.modules.pop(name, None)
+    return flatten.TracingAdapter
+
+
+def _inference(model: nn.Module, inputs):
+    """The traced function: inference without postprocessing (boxes in the input's pixels,
+    28x28 mask probabilities), as detectron2's exporter traces a GeneralizedRCNN."""
+    return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+
+
+def _identity_scale_gradient(x: Tensor, scale: float) -> Tensor:
+    return x
+
+
+@contextmanager
+def _inference_graph() -> Iterator[None]:
+    """What a traced inference graph must not contain, replaced by what it computes forward.
+
+    detectron2 v0.6's ``CascadeROIHeads._run_stage`` calls the autograd Function ``_ScaleGradient``
+    (identity forward, gradient scaled by 1 / stages backward) at inference too; tracing keeps it as a
+    Python op, which ``torch.onnx.export`` inlines but TorchScript cannot script or save. While tracing
+    it is the identity (later detectron2 calls it only in training, so nothing changes there).
+    """
+    try:
+        from detectron2.modeling.roi_heads import cascade_rcnn
+    except ImportError:
+        yield
+        return
+    if not hasattr(cascade_rcnn, "_ScaleGradient"):
+        yield
+        return
+    with mock.patch.object(cascade_rcnn._ScaleGradient, "apply", _identity_scale_gradient):
+        yield
+
+
+def _output_names(schema) -> List[str]:
+    """Names of the flattened outputs of ``[{"instances": Instances}]``: the fields, sorted, then "image_size"."""
+    try:
+        inst = schema.schemas[0].schemas[0]
+        keys = list(inst.keys)
+        assert all(s == 1 for s in inst.sizes), inst.sizes
+    except (AttributeError, IndexError, AssertionError) as e:
+        raise ExportError("unexpected output structure of the traced model: {} ({})".format(schema, e)) from None
+    return keys + ["image_size"]
+
+
+class _SizeChecked(nn.Module):
+    """A traced detector behind a scripted size check: one graph serves one padded input size."""
+
+    def __init__(self, traced: nn.Module, padded_h: int, padded_w: int, divisibility: int, square: int):
+        super().__init__()
+        self.traced = traced
+        self.padded_h = padded_h
+        self.padded_w = padded_w
+        self.divisibility = max(1, divisibility)
+        self.square = square
+
+    def forward(self, image: Tensor):
+        h = image.shape[-2]
+        w = image.shape[-1]
+        ph = self.square if self.square > 0 else h
+        pw = self.square if self.square > 0 else w
+        ph = (ph + self.divisibility - 1) // self.divisibility * self.divisibility
+        pw = (pw + self.divisibility - 1) // self.divisibility * self.divisibility
+        if ph != self.padded_h or pw != self.padded_w:
+            raise ValueError(
+                "this TorchScript detector was traced for images padded to {}x{} (H in {}..{}, W in {}..{}); got {}x{}, "
+                "padded to {}x{}: AttentionFPN's traced feature-map sizes are constants, so export it again at this "
+                "size (afa_d2.export)".format(
+                    self.padded_h, self.padded_w, self.padded_h - self.divisibility + 1, self.padded_h,
+                    self.padded_w - self.divisibility + 1, self.padded_w, h, w, ph, pw))
+        return self.traced(image)
+
+
+# --------------------------------------------------------------------------------------- sizes
+def _padding(model: nn.Module) -> Tuple[int, int]:
+    """(size_divisibility, square_size) that ``model.preprocess_image`` pads with."""
+    import inspect
+
+    from detectron2.structures import ImageList
+
+    div = int(getattr(model.backbone, "size_divisibility", 0) or 0)
+    square = 0
+    if "padding_constraints" in inspect.signature(ImageList.from_tensors).parameters:  # detectron2 after v0.6
+        constraints = getattr(model.backbone, "padding_constraints", None) or {}
+        div = int(constraints.get("size_divisibility", div) or 0)
+        square = int(constraints.get("square_size", 0) or 0)
+    return div, square
+
+
+def padded_size(height: int, width: int, divisibility: int, square: int = 0) -> Tuple[int, int]:
+    """The (H, W) an image of ``height`` x ``width`` is padded to, as detectron2's ``ImageList.from_tensors``.
+
+    Args:
+        height, width: the input's size.
+        divisibility: the backbone's ``size_divisibility`` (32 for AttentionFPN on a ResNet).
+        square: ``padding_constraints["square_size"]`` (0: none).
+    """
+    if square > 0:
+        height = width = square
+    if divisibility > 1:
+        height = -(-height // divisibility) * divisibility
+        width = -(-width // divisibility) * divisibility
+    return height, width
+
+
+def _size_range(padded: int, divisibility: int, square: int) -> Tuple[int, int]:
+    if square > 0:
+        return 1, square
+    return (padded - divisibility + 1, padded) if divisibility > 1 else (padded, padded)
+
+
+# --------------------------------------------------------------------------------------- images
+def read_image(path: str, input_format: str = "BGR") -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 array in ``input_format`` ("BGR" or "RGB"), EXIF-rotated.
+
+    Raises:
+        ExportError: one line naming the file, when it is missing or not a readable image.
+    """
+    from detectron2.data.detection_utils import read_image as d2_read_image
+
+    if not os.path.isfile(path):
+        raise ExportError("image {!r}: no such file".format(path))
+    try:
+        image = d2_read_image(path, format=input_format)
+    except Exception as e:  # PIL's UnidentifiedImageError, a truncated file, ...
+        raise ExportError("image {!r} is not a readable image file ({}: {})".format(
+            path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")) from None
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ExportError("image {!r} has shape {}; expected (H, W, 3)".format(path, image.shape))
+    return image
+
+
+def _as_model_input(image: Union[str, os.PathLike, np.ndarray, Tensor], input_format: str) -> np.ndarray:
+    """(H, W, 3) uint8-valued array in the model's format from a file, a cv2-style BGR array, or a
+    (3, H, W) tensor already in the model's format."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(os.fspath(image), input_format)
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ExportError("image tensor has shape {}; expected (3, H, W) in the model's format".format(
+                tuple(image.shape)))
+        return image.detach().cpu().permute(1, 2, 0).numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ExportError("image array has shape {}; expected (H, W, 3), BGR as cv2 reads it".format(image.shape))
+        return image[:, :, ::-1] if input_format == "RGB" else image
+    raise ExportError("image must be a file path, an (H, W, 3) BGR array or a (3, H, W) tensor, got {}".format(
+        type(image).__name__))
+
+
+def _resize_aug(resize: Optional[Dict[str, Any]]):
+    if not resize:
+        return None
+    from detectron2.data import transforms as T
+
+    return T.ResizeShortestEdge(resize["short_edge_length"], resize["max_size"], sample_style="choice")
+
+
+def _test_resize(cfg) -> Optional[Dict[str, Any]]:
+    """The config's test-time ResizeShortestEdge as a record, None without one; ExportError for
+    other augmentations (the runner could not repeat them)."""
+    from detectron2.config import instantiate
+    from detectron2.data import transforms as T
+
+    try:
+        augs = cfg.dataloader.test.mapper.get("augmentations", None)
+    except Exception:  # no dataloader.test in this config
+        return None
+    if not augs:
+        return None
+    built = [instantiate(a) for a in augs]
+    if len(built) != 1 or not isinstance(built[0], T.ResizeShortestEdge):
+        raise ExportError("the config's test augmentations {} are not one ResizeShortestEdge; the exported runner "
+                          "only repeats that one".format([type(a).__name__ for a in built]))
+    aug = built[0]
+    lengths = [int(v) for v in aug.short_edge_length]
+    if len(set(lengths)) != 1:
+        raise ExportError("the config's test ResizeShortestEdge picks a random short edge from {}; the exported "
+                          "runner needs one size".format(lengths))
+    return {"short_edge_length": lengths[:1], "max_size": int(aug.max_size)}
+
+
+# --------------------------------------------------------------------------------------- models
+def load_model(config, weights: Optional[str] = None, overrides: Sequence[str] = (), *,
+               device: str = "cpu") -> Tuple[nn.Module, Any]:
+    """Build a config's model in eval mode and load its weights, refusing a checkpoint that does not fit.
+
+    Args:
+        config (str or LazyConfig): a zoo name ("shapes/mask_rcnn_R_18_msca.py"), a LazyConfig file,
+            or a loaded LazyConfig.
+        weights (str or None): a checkpoint path or URL; None: the config's ``train.init_checkpoint``
+            ("" there: random weights, with a warning).
+        overrides (list[str]): ``key=value`` config overrides (checked against the config's keys).
+        device (str): where to build the model.
+
+    Returns:
+        (model, cfg).
+
+    Raises:
+        afa_d2.model_zoo.CheckpointMismatchError: one line, the tensors that differ in shape, are
+            missing, or are not in the model.
+    """
+    from detectron2.config import instantiate
+
+    from afa_d2.engine import apply_overrides, load_config
+    from afa_d2.engine.checkpoint import AtomicCheckpointer
+    from afa_d2.model_zoo import CheckpointMismatchError, get_config
+
+    if isinstance(config, (str, os.PathLike)):
+        config = os.fspath(config)
+        cfg = load_config(config, list(overrides)) if os.path.isfile(config) else apply_overrides(
+            get_config(config), list(overrides))
+        name = config
+    else:
+        cfg = apply_overrides(config, list(overrides))
+        name = "the given config"
+    model = instantiate(cfg.model).to(device).eval()
+    path = weights if weights is not None else cfg.train.get("init_checkpoint", "")
+    if not path:
+        logger.warning("Exporting %s with random weights (no --weights, no train.init_checkpoint)", name)
+        return model, cfg
+    checkpointer = AtomicCheckpointer(model, strict_shapes=False)
+    checkpointer.load(path)
+    report = checkpointer.last_load_report
+    if report is not None and (report.mismatched or report.missing or report.unexpected):
+        parts = []
+        if report.mismatched:
+            parts.append("{} tensor(s) differ in shape ({})".format(len(report.mismatched), ", ".join(
+                "{}: {} vs {} in the model".format(k, list(a), list(b)) for k, a, b in report.mismatched[:3])))
+        if report.missing:
+            parts.append("{} model tensor(s) missing ({})".format(len(report.missing), ", ".join(report.missing[:3])))
+        if report.unexpected:
+            parts.append("{} tensor(s) not in the model ({})".format(
+                len(report.unexpected), ", ".join(report.unexpected[:3])))
+        raise CheckpointMismatchError("checkpoint {} does not fit the model of {}: {}".format(
+            path, name, "; ".join(parts)))
+    return model, cfg
+
+
+def _describe_model(model: nn.Module) -> Dict[str, Any]:
+    backbone = getattr(model, "backbone", None)
+    return {
+        "meta_architecture": type(model).__name__,
+        "roi_heads": type(getattr(model, "roi_heads", None)).__name__,
+        "operators": dict(getattr(backbone, "level_ops", {}) or {}),
+    }
+
+
+# --------------------------------------------------------------------------------------- export
+@dataclass
+class ExportInfo:
+    """What :func:`export_model` wrote (also stored in the file, as JSON under :data:`METADATA_KEY`).
+
+    ``max_abs_diff``: output name -> max |exported - PyTorch| on the sample image (empty when not verified).
+    """
+
+    path: str
+    format: str
+    opset: Optional[int]
+    input_name: str
+    output_names: List[str]
+    input_format: str
+    sample_size: List[int]
+    padded_size: List[int]
+    height_range: List[int]
+    width_range: List[int]
+    size_divisibility: int
+    square_size: int
+    resize: Optional[Dict[str, Any]]
+    masks: str
+    meta_architecture: str
+    roi_heads: str
+    operators: Dict[str, str]
+    detections_on_sample: int
+    seconds: float = 0.0
+    max_abs_diff: Dict[str, float] = field(default_factory=dict)
+
+    def metadata(self) -> Dict[str, Any]:
+        record = asdict(self)
+        for key in ("path", "seconds", "max_abs_diff"):
+            record.pop(key)
+        record["afa_d2_version"] = _version()
+        return record
+
+
+def _version() -> str:
+    import afa_d2
+
+    return afa_d2.__version__
+
+
+def format_of(path: str, format: Optional[str] = None) -> str:
+    """The export format of ``path`` from its suffix (.onnx; .ts or .pt), checked against ``format``."""
+    suffix = os.path.splitext(path)[1].lower()
+    by_suffix = SUFFIXES.get(suffix)
+    if format is not None and format not in EXPORT_FORMATS:
+        raise ExportError("unknown export format {!r}; valid: {}".format(format, list(EXPORT_FORMATS)))
+    if by_suffix is None:
+        raise ExportError("{!r}: unknown file suffix {!r}; valid: {} (ONNX: .onnx, TorchScript: .ts or .pt)".format(
+            path, suffix, sorted(SUFFIXES)))
+    if format is not None and format != by_suffix:
+        raise ExportError("{!r} is a {} file name but format={!r}".format(path, by_suffix, format))
+    return by_suffix
+
+
+def _output_path(output: str, format: Optional[str]) -> str:
+    if os.path.isdir(output) or output.endswith(os.sep) or not os.path.splitext(output)[1]:
+        if format is None:
+            raise ExportError("{!r} is a folder: give format ('onnx' or 'torchscript') or a file name".format(output))
+        if format not in EXPORT_FORMATS:
+            raise ExportError("unknown export format {!r}; valid: {}".format(format, list(EXPORT_FORMATS)))
+        return os.path.join(output, DEFAULT_FILES[format])
+    return output
+
+
+def _sample_tensor(sample, height: Optional[int], width: Optional[int], device) -> Tensor:
+    if sample is not None:
+        if not isinstance(sample, Tensor) or sample.dim() != 3 or sample.shape[0] != 3:
+            raise ExportError("sample must be a (3, H, W) tensor in the model's format, got {}".format(
+                tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__))
+        return sample.to(device=device, dtype=torch.float32)
+    if height is None or width is None:
+        raise ExportError("give a sample image or both height and width (got height={!r}, width={!r})".format(
+            height, width))
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ExportError("{} must be a positive int, got {!r}".format(name, v))
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(3, height, width, generator=g) * 255).to(device)
+
+
+def export_model(
+    model: nn.Module,
+    output: str,
+    *,
+    format: Optional[str] = None,
+    sample: Optional[Tensor] = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    opset: int = DEFAULT_OPSET,
+    input_format: str = "BGR",
+    resize: Optional[Dict[str, Any]] = None,
+    verify: bool = True,
+    tolerance: float = 1e-3,
+) -> ExportInfo:
+    """Trace a detectron2 R-CNN (an afa_d2 Mask / Cascade Mask R-CNN) and write it as ONNX or TorchScript.
+
+    Args:
+        model: a GeneralizedRCNN; put in eval mode for the export (its mode and ``requires_grad`` flags
+            are restored after).
+        output (str): the file (".onnx"; ".ts" or ".pt"), or a folder (then ``format`` names the file
+            ``model.onnx`` / ``model.ts``).
+        format (str): "onnx" or "torchscript"; None: from the suffix.
+        sample: Tensor of shape (3, H, W), float 0-255 in the model's format, traced; or None with
+            ``height`` and ``width`` (a random image of that size). The graph serves inputs padded to
+            the sample's padded size (see the module's doc).
+        opset (int): ONNX opset, :data:`MIN_OPSET`..:data:`MAX_OPSET`.
+        input_format (str): recorded in the metadata ("BGR" / "RGB"), for the runner.
+        resize (dict or None): the test-time resize the runner applies first (``{"short_edge_length": [s],
+            "max_size": m}``); :func:`export_config` fills it from the config.
+        verify (bool): run the written file on the sample and compare with PyTorch; ExportError when an
+            output differs by more than ``tolerance`` times max(1, its largest magnitude).
+
+    Returns:
+        :class:`ExportInfo`.
+    """
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(
+            "opset {!r} is not supported: use {}..{}. Below 16 ONNX RoiAlign has no half_pixel mode, so detectron2's "
+            "RoIAlign(aligned=True) would be sampled half a pixel off (opset 11 is detectron2's own default); 17 adds "
+            "LayerNormalization".format(opset, MIN_OPSET, MAX_OPSET))
+    if input_format not in ("BGR", "RGB"):
+        raise ExportError("input_format must be 'BGR' or 'RGB', got {!r}".format(input_format))
+    path = _output_path(os.fspath(output), format)
+    fmt = format_of(path, format)
+    if fmt == "onnx":
+        onnx = _require("onnx", "ONNX export")
+    if not hasattr(model, "inference") or not hasattr(model, "backbone"):
+        raise ExportError("export_model needs a detectron2 GeneralizedRCNN, got {}".format(type(model).__name__))
+    device = next(model.parameters()).device
+    image = _sample_tensor(sample, height, width, device)
+
+    div, square = _padding(model)
+    ph, pw = padded_size(int(image.shape[1]), int(image.shape[2]), div, square)
+    adapter = tracing_adapter_class()(model, [{INPUT_NAME: image}], _inference)
+    was_training = model.training
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    t0 = time.perf_counter()
+    stack = ExitStack()
+    try:
+        adapter.eval()  # a fresh nn.Module is in training mode; the exporters restore the mode they found
+        # Weights without requires_grad while tracing and saving: the graph holds MS-Att's in-place residual
+        # adds (chosen without autograd), which a traced forward with autograd on would refuse on weights
+        # that require grad. The traced module shares the weights, so it is saved before they are restored.
+        model.requires_grad_(False)
+        stack.enter_context(_inference_graph())
+        with torch.no_grad():
+            reference = [t.detach().clone() for t in adapter(image)]
+        names = _output_names(adapter.outputs_schema)
+        info = ExportInfo(
+            path=path, format=fmt, opset=opset if fmt == "onnx" else None, input_name=INPUT_NAME,
+            output_names=names, input_format=input_format, sample_size=[int(image.shape[1]), int(image.shape[2])],
+            padded_size=[ph, pw], height_range=list(_size_range(ph, div, square)),
+            width_range=list(_size_range(pw, div, square)), size_divisibility=div, square_size=square, resize=resize,
+            masks="probabilities (N, 1, M, M) in the box frame, before pasting" if MASK_OUTPUT in names else "none",
+            detections_on_sample=int(reference[0].shape[0]) if reference else 0, **_describe_model(model),
+        )
+        record = json.dumps(info.metadata(), sort_keys=True)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the constants listed in the module's doc
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
+            if fmt == "onnx":
+                torch.onnx.export(
+                    adapter, (image,), path, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                    output_names=names, do_constant_folding=True,
+                    dynamic_axes=dict({INPUT_NAME: {1: "height", 2: "width"}},
+                                      **{n: {0: "detections"} for n in names if n != "image_size"}),
+                )
+            else:
+                traced = torch.jit.trace(adapter, (image,), check_trace=False)
+                script = torch.jit.script(_SizeChecked(traced, ph, pw, div, square))
+                torch.jit.save(script, path, _extra_files={METADATA_KEY + ".json": record})
+    finally:
+        stack.close()
+        model.train(was_training)
+        for name, p in model.named_parameters():
+            p.requires_grad_(grads[name])
+    if fmt == "onnx":
+        proto = onnx.load(path)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, record
+        onnx.save(proto, path)
+    info.seconds = time.perf_counter() - t0
+    logger.info("Exported %s (%s) in %.1f s: %s", path, fmt, info.seconds, ", ".join(names))
+    if verify:
+        outputs = ExportedModel(path, device=str(device)).run_tensor(image.cpu())
+        for name, ref in zip(names, reference):
+            got = torch.as_tensor(outputs[name])
+            if got.shape != ref.shape:
+                raise ExportError("exported {} gives {} of shape {} on the sample; PyTorch gives {}".format(
+                    path, name, tuple(got.shape), tuple(ref.shape)))
+            diff = float((got.double() - ref.cpu().double()).abs().max()) if ref.numel() else 0.0
+            info.max_abs_diff[name] = diff
+            scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+            if diff > tolerance * scale:
+                raise ExportError("exported {} differs from PyTorch on the sample: {} max |diff| {:.3g} > {:.3g}".format(
+                    path, name, diff, tolerance * scale))
+    return info
+
+
+def export_config(
+    config,
+    output: str,
+    *,
+    weights: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    format: Optional[str] = None,
+    sample_image: Union[None, str, np.ndarray] = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    opset: int = DEFAULT_OPSET,
+    device: str = "cpu",
+    verify: bool = True,
+) -> ExportInfo:
+    """Export a config's model with its checkpoint, as detectron2's ``tools/deploy/export_model.py``.
+
+    The sample (an image file, an (H, W, 3) BGR array, or a random ``height`` x ``width`` image) goes
+    through the config's test-time resize first, like every image at inference; the resize is recorded
+    and :func:`run_exported` repeats it. Args otherwise as :func:`load_model` and :func:`export_model`.
+    """
+    model, cfg = load_model(config, weights, overrides, device=device)
+    input_format = cfg.model.get("input_format", "BGR")
+    resize = _test_resize(cfg)
+    if sample_image is not None:
+        array = _as_model_input(sample_image, input_format)
+    else:
+        array = _sample_tensor(None, height, width, "cpu").permute(1, 2, 0).numpy()
+    aug = _resize_aug(resize)
+    if aug is not None:
+        array = aug.get_transform(array).apply_image(array)
+    sample = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)), dtype=torch.float32)
+    return export_model(model, output, format=format, sample=sample, opset=opset, input_format=input_format,
+                        resize=resize, verify=verify)
+
+
+# --------------------------------------------------------------------------------------- running
+class ExportedModel:
+    """An exported file (ONNX via onnxruntime, TorchScript via ``torch.jit.load``) with its metadata.
+
+    Args:
+        path (str): a file written by :func:`export_model`.
+        device (str): TorchScript: where to load it; ONNX: onnxruntime's CPU provider (or CUDA's, when
+            ``device`` starts with "cuda" and onnxruntime has it).
+    """
+
+    def __init__(self, path: str, device: str = "cpu"):
+        path = os.fspath(path)
+        self.format = format_of(path)
+        if not os.path.isfile(path):
+            raise ExportError("exported model {!r}: no such file".format(path))
+        self.path = path
+        self.device = device
+        if self.format == "onnx":
+            ort = _require("onnxruntime", "Running an ONNX model")
+            onnx = _require("onnx", "Reading an ONNX model's metadata")
+            try:
+                proto = onnx.load(path, load_external_data=False)
+            except Exception as e:
+                raise ExportError("{!r} is not a readable ONNX file ({})".format(path, type(e).__name__)) from None
+            record = {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)
+            providers = ["CPUExecutionProvider"]
+            if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            self.session = ort.InferenceSession(path, providers=providers)
+        else:
+            extra = {METADATA_KEY + ".json": ""}
+            try:
+                self.module = torch.jit.load(path, map_location=device, _extra_files=extra)
+            except Exception as e:
+                raise ExportError("{!r} is not a readable TorchScript file ({}: {})".format(
+                    path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")) from None
+            raw = extra[METADATA_KEY + ".json"]
+            record = raw.decode() if isinstance(raw, bytes) else raw
+        if not record:
+            raise ExportError("{!r} has no afa_d2 export metadata ({}): export it with afa_d2.export".format(
+                path, METADATA_KEY))
+        self.meta: Dict[str, Any] = json.loads(record)
+
+    def check_size(self, height: int, width: int) -> None:
+        """ExportedSizeError unless an input of ``height`` x ``width`` pads to the traced size."""
+        m = self.meta
+        got = padded_size(height, width, m["size_divisibility"], m["square_size"])
+        if list(got) != list(m["padded_size"]):
+            raise ExportedSizeError(
+                "{} was traced for network inputs padded to {}x{} (H in {}..{}, W in {}..{}); this one is {}x{}, padded "
+                "to {}x{}. AttentionFPN's feature-map sizes are constants in a traced graph (resize targets, token "
+                "reshapes, pooling kernels), so one file serves one padded size: export again at {}x{}".format(
+                    self.path, *m["padded_size"], *m["height_range"], *m["width_range"], height, width, *got,
+                    height, width))
+
+    def run_tensor(self, image: Tensor) -> Dict[str, np.ndarray]:
+        """The graph's outputs on one network input.
+
+        Args:
+            image: Tensor of shape (3, H, W), float 0-255, in the model's format (resized already).
+
+        Returns:
+            dict: output name (:attr:`meta` ``["output_names"]``) -> array.
+        """
+        if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            raise ExportError("the exported model takes a (3, H, W) tensor, got {}".format(
+                tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__))
+        self.check_size(int(image.shape[1]), int(image.shape[2]))
+        image = image.to(torch.float32)
+        if self.format == "onnx":
+            values = self.session.run(self.meta["output_names"], {self.meta["input_name"]: image.cpu().numpy()})
+        else:
+            with torch.no_grad():
+                values = [v.cpu().numpy() for v in self.module(image.to(self.device))]
+        return dict(zip(self.meta["output_names"], values))
+
+    __call__ = run_tensor
+
+
+def run_exported(
+    path: str,
+    image: Union[str, os.PathLike, np.ndarray, Tensor],
+    output: Optional[str] = None,
+    *,
+    mask_threshold: float = 0.5,
+    device: str = "cpu",
+) -> Dict[str, Any]:
+    """Detections of an exported model on one image, in the image's own pixels; optionally written to files.
+
+    The image goes through the test-time resize recorded at export (if any), the exported graph, then
+    detectron2's ``detector_postprocess`` (boxes scaled back, masks pasted and thresholded).
+
+    Args:
+        path (str): a file written by :func:`export_model` (.onnx, .ts, .pt).
+        image: an image file (read in the model's format), an (H, W, 3) uint8 BGR array (as cv2 reads it),
+            or a (3, H, W) tensor already in the model's format.
+        output (str or None): a ``.json`` file to write (:func:`write_detections`), with a ``.png`` beside it.
+        mask_threshold (float): probability above which a pasted mask pixel is on.
+
+    Returns:
+        dict: ``boxes`` (N, 4) float32 XYXY, ``scores`` (N,), ``classes`` (N,) int64, ``mask_probs``
+        (N, M, M) float32 (box frame, before pasting), ``masks`` (N, H, W) bool (pasted), ``image_size`` (H, W).
+    """
+    from detectron2.modeling.postprocessing import detector_postprocess
+    from detectron2.structures import Boxes, Instances
+
+    if not 0.0 <= float(mask_threshold) <= 1.0:
+        raise ExportError("mask_threshold must be in [0, 1], got {!r}".format(mask_threshold))
+    exported = path if isinstance(path, ExportedModel) else ExportedModel(path, device=device)
+    meta = exported.meta
+    array = _as_model_input(image, meta["input_format"])
+    height, width = int(array.shape[0]), int(array.shape[1])
+    aug = _resize_aug(meta.get("resize"))
+    if aug is not None:
+        array = aug.get_transform(array).apply_image(array)
+    tensor = torch.as_tensor(np.ascontiguousarray(np.asarray(array).transpose(2, 0, 1)), dtype=torch.float32)
+    out = exported.run_tensor(tensor)
+
+    inst = Instances((int(tensor.shape[1]), int(tensor.shape[2])))
+    inst.pred_boxes = Boxes(torch.as_tensor(out["pred_boxes"]))
+    inst.scores = torch.as_tensor(out["scores"])
+    inst.pred_classes = torch.as_tensor(out["pred_classes"])
+    inst.index = torch.arange(len(inst))  # detector_postprocess drops empty boxes: which ones are kept
+    mask_probs = None
+    if MASK_OUTPUT in out:
+        mask_probs = torch.as_tensor(out[MASK_OUTPUT])
+        inst.pred_masks = mask_probs
+    result = detector_postprocess(inst, height, width, mask_threshold=float(mask_threshold))
+    if mask_probs is not None:
+        mask_probs = mask_probs[result.index]
+    dets: Dict[str, Any] = {
+        "boxes": result.pred_boxes.tensor.numpy().astype(np.float32),
+        "scores": result.scores.numpy().astype(np.float32),
+        "classes": result.pred_classes.numpy().astype(np.int64),
+        "image_size": (height, width),
+    }
+    if mask_probs is not None:
+        dets["mask_probs"] = mask_probs[:, 0].numpy().astype(np.float32)
+        dets["masks"] = result.pred_masks.numpy().astype(bool)
+    if output is not None:
+        write_detections(dets, output, source=str(getattr(exported, "path", path)))
+    return dets
+
+
+def write_detections(dets: Dict[str, Any], output: str, source: str = "") -> Tuple[str, Optional[str]]:
+    """Write :func:`run_exported`'s detections: a JSON file and, with masks, a PNG beside it.
+
+    JSON: ``image_size``, ``model``, and per detection ``box`` (XYXY), ``score``, ``class``, and ``mask``
+    (COCO RLE of the pasted mask, ``{"size": [H, W], "counts": str}``). PNG (``<output stem>.png``):
+    the instance map, uint16, pixel = 1 + the index of the highest-scoring detection covering it, 0 for
+    none.
+
+    Returns:
+        (json path, png path or None).
+    """
+    if not str(output).endswith(".json"):
+        raise ExportError("the detections file must be a .json file, got {!r}".format(output))
+    height, width = dets["image_size"]
+    masks = dets.get("masks")
+    records = []
+    for i in range(len(dets["scores"])):
+        rec = {"box": [round(float(v), 3) for v in dets["boxes"][i]], "score": round(float(dets["scores"][i]), 6),
+               "class": int(dets["classes"][i])}
+        if masks is not None:
+            from pycocotools import mask as mask_util
+
+            rle = mask_util.encode(np.asfortranarray(masks[i].astype(np.uint8)))
+            rec["mask"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        records.append(rec)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump({"model": source, "image_size": [int(height), int(width)], "detections": records}, f, indent=1)
+    png = None
+    if masks is not None:
+        import cv2
+
+        ids = np.zeros((height, width), dtype=np.uint16)
+        for i in reversed(np.argsort(dets["scores"], kind="stable")[::-1]):  # the best-scoring last, so on top
+            ids[masks[i]] = i + 1
+        png = os.path.splitext(output)[0] + ".png"
+        if not cv2.imwrite(png, ids):
+            raise ExportError("could not write {!r}".format(png))
+    return output, png

@@ -1,0 +1,397 @@
+"""afa_d2.export: ONNX (onnxruntime) and traced TorchScript equal PyTorch; sizes, RoIAlign, errors.
+
+Models are the ``configs/shapes`` Mask R-CNN / Cascade Mask R-CNN (ResNet-18 at half width, 64-channel
+pyramid), random weights, every box kept (``test_score_thresh=0``) so each image has detections to
+compare; inputs are not multiples of 32 (97x131 and 150x203, padded to 128x160 and 160x224).
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import afa_d2  # noqa: F401  (before detectron2)
+from afa_d2 import export
+from afa_d2.model_zoo import CheckpointMismatchError, get_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = [(97, 131), (150, 203)]
+ATOL = 1e-3
+FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_masks")
+
+
+def _config(op, cascade=False, score_thresh=0.0):
+    name = "shapes/{}_R_18_{}.py".format("cascade_mask_rcnn" if cascade else "mask_rcnn", "msca")
+    cfg = get_config(name)
+    cfg.model.backbone.aggregation = op
+    predictors = cfg.model.roi_heads.box_predictors if cascade else [cfg.model.roi_heads.box_predictor]
+    for p in predictors:
+        p.test_score_thresh = score_thresh
+        p.test_topk_per_image = 50
+    cfg.model.proposal_generator.post_nms_topk = (250, 150)
+    return cfg
+
+
+_MODELS = {}
+
+
+def _model(op, cascade=False, score_thresh=0.0):
+    key = (op, cascade, score_thresh)
+    if key not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[key] = export.load_model(_config(op, cascade, score_thresh))[0]
+    return _MODELS[key]
+
+
+def _image(h, w, seed=1):
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def _eager(model, image):
+    with torch.no_grad():
+        inst = model.inference([{"image": image}], do_postprocess=False)[0]
+    return {"pred_boxes": inst.pred_boxes.tensor, "scores": inst.scores, "pred_classes": inst.pred_classes,
+            "pred_masks": inst.pred_masks}
+
+
+def _assert_equal_outputs(got, ref, atol, what):
+    n = ref["scores"].shape[0]
+    assert n > 0, "{}: no detections to compare".format(what)
+    for k in FIELDS:
+        g = torch.as_tensor(np.asarray(got[k]))
+        assert tuple(g.shape) == tuple(ref[k].shape), "{} {}: shape {} vs PyTorch {}".format(
+            what, k, tuple(g.shape), tuple(ref[k].shape))
+        if k == "pred_classes":
+            assert torch.equal(g, ref[k]), "{}: classes differ at {}".format(what, (g != ref[k]).nonzero()[:5].tolist())
+        else:
+            diff = float((g.double() - ref[k].double()).abs().max())
+            assert diff <= atol, "{} {}: max |exported - PyTorch| = {:.3g} > {}".format(what, k, diff, atol)
+
+
+def _assert_plain_attention(graph, levels=(2, 3, 4, 5)):
+    """Every MS-Att block's attention is MatMul, Softmax, MatMul (SDPA's ONNX form), its token linears MatMul;
+    the only convolution of an operator is the DW-MLP's depth-wise one."""
+    import re
+
+    for level in levels:
+        own = [n.op_type for n in graph.node if re.search(r"(^|/)fpn_aggregation{}/(attn/)?[^/]+$".format(level), n.name)]
+        assert own.count("MatMul") == 2 and own.count("Softmax") == 1, (level, sorted(set(own)))
+        linears = [n.name for n in graph.node if n.op_type == "MatMul"
+                   and re.search(r"fpn_aggregation{}/(attn/)?(q|kv|proj|mlp/fc1|mlp/fc2)/".format(level), n.name)]
+        assert len(linears) == 5, (level, linears)
+    convs = [n.name for n in graph.node if n.op_type == "Conv" and "fpn_aggregation" in n.name]
+    assert all(name.endswith("/mlp/dwconv/Conv") for name in convs) and len(convs) == len(levels), convs
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location("_tool_" + name, os.path.join(REPO, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------ the adapter
+def test_tracing_adapter_is_detectron2s_on_this_build():
+    cls = export.tracing_adapter_class()
+    assert cls.__name__ == "TracingAdapter" and cls.__module__ == "detectron2.export.flatten", cls
+    assert "detectron2.export.flatten" in sys.modules
+
+
+# ------------------------------------------------------------------------------------ ONNX == PyTorch
+@pytest.mark.parametrize("op", ["sum", "mssa", "msca"])
+@pytest.mark.parametrize("size", SIZES, ids=["97x131", "150x203"])
+def test_onnx_equals_pytorch(tmp_path, op, size):
+    import onnx  # the `export` extra, part of the `test` extra
+
+    model = _model(op)
+    image = _image(*size)
+    info = export.export_model(model, str(tmp_path / "m.onnx"), sample=image, verify=False)
+    assert info.opset == export.DEFAULT_OPSET == 17 and info.operators["p2"] == op
+    assert info.padded_size == [-(-s // 32) * 32 for s in size]
+    got = export.ExportedModel(info.path)(image)
+    _assert_equal_outputs(got, _eager(model, image), ATOL, "{} {}x{}".format(op, *size))
+    assert list(got["image_size"]) == list(size)
+
+    graph = onnx.load(info.path).graph
+    roi_aligns = [n for n in graph.node if n.op_type == "RoiAlign"]
+    assert roi_aligns, "no RoiAlign in the graph"
+    for n in roi_aligns:  # torchvision's aligned=True at opset >= 16
+        modes = [a.s.decode() for a in n.attribute if a.name == "coordinate_transformation_mode"]
+        assert modes == ["half_pixel"], (n.name, modes)
+    if op != "sum":
+        _assert_plain_attention(graph)
+
+
+def test_cascade_onnx_and_torchscript_equal_pytorch(tmp_path):
+    model = _model("msca", cascade=True)
+    assert type(model.roi_heads).__name__ == "CascadeROIHeads"
+    image = _image(*SIZES[1])
+    ref = _eager(model, image)
+    onnx_info = export.export_model(model, str(tmp_path / "c.onnx"), sample=image, verify=False)
+    assert onnx_info.roi_heads == "CascadeROIHeads"
+    _assert_equal_outputs(export.ExportedModel(onnx_info.path)(image), ref, ATOL, "cascade ONNX")
+    ts_info = export.export_model(model, str(tmp_path / "c.ts"), sample=image, verify=False)
+    traced = torch.jit.load(ts_info.path)
+    with torch.no_grad():
+        out = dict(zip(ts_info.output_names, traced(image)))
+    _assert_equal_outputs(out, ref, 1e-5, "cascade TorchScript")
+
+
+# ------------------------------------------------------------------------------------ TorchScript
+def test_traced_torchscript_equals_eager_and_checks_its_input_size(tmp_path):
+    model = _model("msca")
+    image = _image(*SIZES[0], seed=2)
+    info = export.export_model(model, str(tmp_path / "m.ts"), sample=image, verify=False)
+    assert info.format == "torchscript" and info.output_names == ["pred_boxes", "pred_classes", "pred_masks", "scores",
+                                                                  "image_size"]
+    assert model.training is False and all(p.requires_grad for p in model.parameters()), "export changed the model"
+    extra = {export.METADATA_KEY + ".json": ""}
+    traced = torch.jit.load(info.path, _extra_files=extra)  # plain torch: no afa_d2 needed to run it
+    assert json.loads(extra[export.METADATA_KEY + ".json"])["padded_size"] == info.padded_size == [128, 160]
+    out = dict(zip(info.output_names, traced(image)))  # autograd on: the saved weights need no grad
+    _assert_equal_outputs(out, _eager(model, image), 1e-5, "TorchScript {}x{}".format(*SIZES[0]))
+
+    same_bucket = _image(110, 150, seed=3)
+    out = dict(zip(info.output_names, traced(same_bucket)))
+    _assert_equal_outputs(out, _eager(model, same_bucket), 1e-5, "TorchScript 97x131 trace on 110x150")
+    with pytest.raises(Exception) as e:  # the file's own scripted check, a torch.jit.Error
+        traced(_image(*SIZES[1]))
+    assert "traced for images padded to 128x160" in str(e.value) and "padded to 160x224" in str(e.value), str(e.value)
+
+
+# ------------------------------------------------------------------------------------ input sizes
+@pytest.fixture(scope="module")
+def msca_onnx_97x131(tmp_path_factory):
+    """MSCA Mask R-CNN exported at 97x131, scores above 0.12 only (so the detection count varies)."""
+    model = _model("msca", score_thresh=0.12)
+    path = str(tmp_path_factory.mktemp("export") / "msca.onnx")
+    info = export.export_model(model, path, sample=_image(97, 131))
+    return model, info
+
+
+def test_one_graph_serves_its_padded_size_and_refuses_another(msca_onnx_97x131):
+    model, info = msca_onnx_97x131
+    assert info.padded_size == [128, 160] and info.height_range == [97, 128] and info.width_range == [129, 160]
+    assert max(info.max_abs_diff.values()) <= ATOL, info.max_abs_diff  # export's own check on its sample
+    exported = export.ExportedModel(info.path)
+    same_bucket = _image(120, 150, seed=3)  # pads to 128x160 too
+    ref = _eager(model, same_bucket)
+    assert len(ref["scores"]) != info.detections_on_sample, "want a different number of detections"
+    _assert_equal_outputs(exported(same_bucket), ref, ATOL, "ONNX 97x131 graph on 120x150")
+
+    with pytest.raises(export.ExportedSizeError) as e:
+        exported(_image(150, 203))
+    msg = str(e.value)
+    assert "\n" not in msg and "128x160" in msg and "160x224" in msg and "export again at 150x203" in msg, msg
+
+    # What the check prevents: onnxruntime alone runs 160x128 (token counts agree with 128x160), on a wrong grid.
+    import onnxruntime as ort
+
+    transposed = _image(160, 128, seed=4)
+    session = ort.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+    try:
+        raw = dict(zip(info.output_names, session.run(None, {"image": transposed.numpy()})))
+    except Exception:  # a Reshape / shape error inside the graph: also not a result
+        raw = None
+    ref = _eager(model, transposed)
+    if raw is not None:
+        same = raw["scores"].shape == tuple(ref["scores"].shape) and np.abs(raw["scores"] - ref["scores"].numpy()).max() < 1e-3
+        assert not same, "the 128x160 graph gave PyTorch's detections at 160x128: the size check is too strict"
+    with pytest.raises(export.ExportedSizeError):
+        exported(transposed)
+
+
+# ------------------------------------------------------------------------------------ RoIAlign
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_roialign_aligned_exact_at_opset_17_half_pixel_off_at_11(tmp_path, sampling_ratio):
+    """torchvision's roi_align(aligned=True) in onnxruntime: exact from opset 16 (half_pixel), off at 11."""
+    import warnings
+
+    import onnxruntime as ort
+    from detectron2.layers import ROIAlign
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 20, 24, generator=g)
+    pooler = ROIAlign((7, 7), 0.25, sampling_ratio, aligned=True)
+
+    def rois(max_side):
+        xy = torch.rand(64, 2, generator=g) * torch.tensor([80.0, 70.0])
+        return torch.cat([torch.zeros(64, 1), xy, xy + torch.rand(64, 2, generator=g) * max_side], dim=1)
+
+    cases = {"boxes": rois(40.0), "sub-pixel boxes": rois(3.0), "zero-size boxes": rois(0.0)}
+    errors = {}
+    for opset in (11, 17):
+        path = str(tmp_path / "roi{}.onnx".format(opset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(pooler, (x, cases["boxes"]), path, dynamo=False, opset_version=opset,
+                              input_names=["x", "rois"], dynamic_axes={"rois": {0: "n"}})
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        for name, r in cases.items():
+            got = session.run(None, {"x": x.numpy(), "rois": r.numpy()})[0]
+            errors[(opset, name)] = float(np.abs(got - pooler(x, r).numpy()).max())
+    for name in cases:
+        assert errors[(17, name)] <= 1e-5, (name, errors)
+        assert errors[(11, name)] > 0.1, (name, errors)  # detectron2's opset 11: the unshifted grid
+
+
+# ------------------------------------------------------------------------------------ kernels
+def test_attention_exports_as_plain_ops_even_when_conv_kernels_are_forced(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from afa_d2.modeling import kernels
+
+    import onnx
+
+    calls = []
+    conv = kernels._attend_conv
+    monkeypatch.setattr(kernels, "_attend_conv", lambda *a: calls.append(1) or conv(*a))
+    neck = _model("msca").backbone
+
+    class Neck(torch.nn.Module):  # the pyramid as a tuple of maps
+        def __init__(self):
+            super().__init__()
+            self.neck = neck
+
+        def forward(self, x):
+            return tuple(self.neck(x).values())
+
+    x = _image(128, 160)[None]
+    names = list(neck.output_shape())
+    with kernels.kernel_policy("conv"), torch.no_grad():
+        eager = dict(zip(names, Neck()(x)))
+        assert len(calls) == 4, "the forced conv kernels did not run in eager mode ({} calls)".format(len(calls))
+        del calls[:]
+        path = str(tmp_path / "neck.onnx")
+        torch.onnx.export(Neck(), (x,), path, dynamo=False, opset_version=17, input_names=["x"], output_names=names)
+    assert not calls, "the conv attention kernel entered the exported graph"
+    _assert_plain_attention(onnx.load(path).graph)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(names, {"x": x.numpy()})
+    for name, value in zip(names, got):
+        diff = float(np.abs(value - eager[name].numpy()).max())
+        assert diff <= 1e-3, (name, diff)
+
+
+# ------------------------------------------------------------------------------------ runner and tools
+def test_run_exported_writes_detections_in_image_pixels(tmp_path, msca_onnx_97x131):
+    import cv2
+    from pycocotools import mask as mask_util
+
+    model, info = msca_onnx_97x131
+    bgr = (np.random.default_rng(5).random((100, 140, 3)) * 255).astype(np.uint8)
+    image_file = str(tmp_path / "im.png")
+    assert cv2.imwrite(image_file, bgr)
+    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"))
+    with torch.no_grad():
+        ref = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).astype(np.float32))}])[0]["instances"]
+    n = len(ref)
+    assert n > 0 and len(dets["scores"]) == n
+    assert np.abs(dets["boxes"] - ref.pred_boxes.tensor.numpy()).max() <= ATOL
+    assert np.abs(dets["scores"] - ref.scores.numpy()).max() <= ATOL
+    assert (dets["classes"] == ref.pred_classes.numpy()).all()
+    assert dets["mask_probs"].shape == (n, 28, 28) and dets["masks"].shape == (n, 100, 140)
+    assert (dets["masks"] != ref.pred_masks.numpy()).mean() < 1e-3
+
+    with open(tmp_path / "dets.json") as f:
+        record = json.load(f)
+    assert record["image_size"] == [100, 140] and len(record["detections"]) == n
+    first = record["detections"][0]
+    assert first["class"] == int(ref.pred_classes[0]) and abs(first["score"] - float(ref.scores[0])) < 1e-3
+    rle = dict(first["mask"], counts=first["mask"]["counts"].encode())
+    assert (mask_util.decode(rle).astype(bool) == dets["masks"][0]).all()
+    ids = cv2.imread(str(tmp_path / "dets.png"), cv2.IMREAD_UNCHANGED)
+    assert ids.dtype == np.uint16 and ids.shape == (100, 140) and ids.max() <= n
+    top = int(np.argmax(dets["scores"]))
+    assert (ids[dets["masks"][top]] == top + 1).all(), "the best detection is not on top in the PNG"
+
+
+def test_tools_export_a_config_with_weights_then_run_it(tmp_path, capsys):
+    """The command line: a zoo config + checkpoint -> ONNX (resized as at test time) -> detections
+    equal to afa_d2's Predictor on the same image and weights."""
+    import cv2
+
+    from afa_d2.predictor import Predictor
+
+    opts = ["model.roi_heads.box_predictor.test_score_thresh=0.0", "model.roi_heads.box_predictor.test_topk_per_image=30"]
+    torch.manual_seed(0)
+    model, _ = export.load_model("shapes/mask_rcnn_R_18_mssa.py", overrides=opts)
+    weights = str(tmp_path / "w.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    out = str(tmp_path / "exp")
+    code = _tool("export_model").main(["--config", "shapes/mask_rcnn_R_18_mssa.py", "--weights", weights,
+                                       "--output", out, "--height", "97", "--width", "131", *opts])
+    printed = capsys.readouterr().out
+    assert code == 0 and "ONNX opset 17" in printed and "short edge 192" in printed, printed
+    bgr = (np.random.default_rng(6).random((97, 131, 3)) * 255).astype(np.uint8)
+    image_file = str(tmp_path / "im.png")
+    assert cv2.imwrite(image_file, bgr)
+    code = _tool("run_exported").main([os.path.join(out, "model.onnx"), image_file, "--output",
+                                       str(tmp_path / "d.json")])
+    assert code == 0 and (tmp_path / "d.json").is_file() and (tmp_path / "d.png").is_file()
+    with open(tmp_path / "d.json") as f:
+        record = json.load(f)["detections"]
+    ref = Predictor("shapes/mask_rcnn_R_18_mssa.py", weights=weights, device="cpu", opts=opts)(bgr)["instances"]
+    assert len(record) == len(ref) == 30
+    boxes = np.array([d["box"] for d in record])
+    assert np.abs(boxes - ref.pred_boxes.tensor.numpy()).max() <= ATOL + 1e-3  # + the JSON's rounding to 1e-3
+    assert [d["class"] for d in record] == ref.pred_classes.tolist()
+
+
+def test_tools_help():
+    for name in ("export_model", "run_exported"):
+        with pytest.raises(SystemExit) as e:
+            _tool(name).parse_args(["--help"])
+        assert e.value.code == 0
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_unreadable_or_missing_image_is_one_line(tmp_path, msca_onnx_97x131):
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    for path, words in ((str(bad), "not a readable image file"), (str(tmp_path / "missing.png"), "no such file")):
+        with pytest.raises(export.ExportError) as e:
+            export.run_exported(msca_onnx_97x131[1].path, path)
+        assert words in str(e.value) and path in str(e.value) and "\n" not in str(e.value), str(e.value)
+    code = _tool("run_exported").main([msca_onnx_97x131[1].path, str(bad), "--output", str(tmp_path / "d.json")])
+    assert code == 2 and not (tmp_path / "d.json").exists()
+
+
+def test_checkpoint_that_does_not_fit_the_config_is_one_line(tmp_path):
+    weights = str(tmp_path / "sum.pth")
+    torch.save({"model": _model("sum").state_dict()}, weights)  # no attention weights
+    with pytest.raises(CheckpointMismatchError) as e:
+        export.load_model("shapes/mask_rcnn_R_18_msca.py", weights)
+    msg = str(e.value)
+    assert "\n" not in msg and weights in msg and "missing" in msg and "fpn_aggregation" in msg, msg
+
+
+def test_missing_onnx_packages_name_the_extra(tmp_path, monkeypatch, msca_onnx_97x131):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(export.MissingExportDependencyError) as e:
+        export.run_exported(msca_onnx_97x131[1].path, _image(97, 131))
+    assert str(e.value).endswith("pip install 'afa_d2[export]'") and "\n" not in str(e.value), str(e.value)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(export.MissingExportDependencyError) as e:
+        export.export_model(_model("sum"), str(tmp_path / "m.onnx"), height=97, width=131)
+    assert "onnx" in str(e.value) and "pip install 'afa_d2[export]'" in str(e.value)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    model = _model("sum")
+    cases = [
+        (dict(output=str(tmp_path / "m.onnx"), height=97, width=131, opset=11), "opset 11"),
+        (dict(output=str(tmp_path / "m.zip"), height=97, width=131), "unknown file suffix '.zip'"),
+        (dict(output=str(tmp_path / "m.onnx"), format="torchscript", height=97, width=131), "format='torchscript'"),
+        (dict(output=str(tmp_path / "m.onnx")), "give a sample image or both height and width"),
+        (dict(output=str(tmp_path / "m.onnx"), height=0, width=131), "height must be a positive int, got 0"),
+    ]
+    for kwargs, words in cases:
+        with pytest.raises(export.ExportError) as e:
+            export.export_model(model, **kwargs)
+        assert words in str(e.value) and "\n" not in str(e.value), (kwargs, str(e.value))
+    with pytest.raises(export.ExportError, match="no such file"):
+        export.ExportedModel(str(tmp_path / "none.onnx"))
