@@ -59,9 +59,17 @@ def main(args):
     return do_train(cfg, resume=args.resume, progress_bar=args.progress)
 
 
-def parse_args(argv=None):
+def argument_parser():
+    """train_net.py's command line: detectron2's ``default_argument_parser`` plus ``--progress``."""
     parser = default_argument_parser()
     parser.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    return parser
+
+
+def parse_args(argv=None, parser=None):
+    """Parse ``argv`` with ``parser`` (default: :func:`argument_parser`) and check the config
+    file and its overrides before any worker starts (``parser.error`` otherwise)."""
+    parser = parser or argument_parser()
     args = parser.parse_args(argv)
     if not args.config_file:
         parser.error("--config-file is required")
