@@ -179,29 +179,12 @@ def load_weights(model: nn.Module, path: str, config_name: str = "the config") -
             shape, are missing or are extra, the first few named).
         FileNotFoundError: no such file.
     """
-    from afa_d2.engine.checkpoint import AtomicCheckpointer
-    from afa_d2.model_zoo import CheckpointMismatchError
+    from afa_d2.model_zoo import load_fitting
 
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError("checkpoint {!r}: no such file (cwd: {})".format(path, os.getcwd()))
-    checkpointer = AtomicCheckpointer(model, strict_shapes=False)
-    checkpointer.load(path)
-    report = checkpointer.last_load_report
-    if report is None or not (report.mismatched or report.missing or report.unexpected):
-        return
-    parts = []
-    if report.mismatched:
-        parts.append("{} tensor(s) of another shape ({})".format(len(report.mismatched), ", ".join(
-            "{} {} vs {}".format(k, list(a), list(b)) for k, a, b in report.mismatched[:3])))
-    if report.missing:
-        parts.append("{} model tensor(s) not in it ({})".format(len(report.missing), ", ".join(report.missing[:3])))
-    if report.unexpected:
-        parts.append("{} tensor(s) the model lacks ({})".format(len(report.unexpected),
-                                                                ", ".join(report.unexpected[:3])))
-    raise CheckpointMismatchError(
-        "checkpoint {} does not fit the model of {}: {}; pass the config it was trained with "
-        "(a published file names it: python -m afa_d2.model_zoo.publish, or its afa_d2_metadata)".format(
-            path, config_name, "; ".join(parts)))
+    load_fitting(model, path, config_name, hint="pass the config it was trained with (a published file names it "
+                 "in its afa_d2_metadata)")
 
 
 def build_model(cfg, weights: Optional[str] = None, device: str = "cpu", seed: int = 0,

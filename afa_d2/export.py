@@ -381,8 +381,7 @@ def load_model(config, weights: Optional[str] = None, overrides: Sequence[str] =
     from detectron2.config import instantiate
 
     from afa_d2.engine import apply_overrides, load_config
-    from afa_d2.engine.checkpoint import AtomicCheckpointer
-    from afa_d2.model_zoo import CheckpointMismatchError, get_config
+    from afa_d2.model_zoo import get_config, load_fitting
 
     if isinstance(config, (str, os.PathLike)):
         config = os.fspath(config)
@@ -397,21 +396,7 @@ def load_model(config, weights: Optional[str] = None, overrides: Sequence[str] =
     if not path:
         logger.warning("Exporting %s with random weights (no --weights, no train.init_checkpoint)", name)
         return model, cfg
-    checkpointer = AtomicCheckpointer(model, strict_shapes=False)
-    checkpointer.load(path)
-    report = checkpointer.last_load_report
-    if report is not None and (report.mismatched or report.missing or report.unexpected):
-        parts = []
-        if report.mismatched:
-            parts.append("{} tensor(s) differ in shape ({})".format(len(report.mismatched), ", ".join(
-                "{}: {} vs {} in the model".format(k, list(a), list(b)) for k, a, b in report.mismatched[:3])))
-        if report.missing:
-            parts.append("{} model tensor(s) missing ({})".format(len(report.missing), ", ".join(report.missing[:3])))
-        if report.unexpected:
-            parts.append("{} tensor(s) not in the model ({})".format(
-                len(report.unexpected), ", ".join(report.unexpected[:3])))
-        raise CheckpointMismatchError("checkpoint {} does not fit the model of {}: {}".format(
-            path, name, "; ".join(parts)))
+    load_fitting(model, path, name)
     return model, cfg
 
 

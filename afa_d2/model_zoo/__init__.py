@@ -18,7 +18,16 @@ detectron2's ``model_zoo`` API over afa_d2's configs and checkpoints::
 """
 from .catalog import UnknownConfigError, configs_root, get_config, get_config_file, list_configs
 from .hub import ChecksumError, FetchError, fetch_checkpoint
-from .zoo import ZOO_URL_ENV, CheckpointMismatchError, NotInZooError, get, get_checkpoint_url, read_index, zoo_url
+from .zoo import (
+    ZOO_URL_ENV,
+    CheckpointMismatchError,
+    NotInZooError,
+    get,
+    get_checkpoint_url,
+    load_fitting,
+    read_index,
+    zoo_url,
+)
 
 __all__ = [
     "ChecksumError",
@@ -34,6 +43,7 @@ __all__ = [
     "get_config",
     "get_config_file",
     "list_configs",
+    "load_fitting",
     "read_index",
     "zoo_url",
 ]

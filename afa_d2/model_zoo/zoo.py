@@ -29,6 +29,7 @@ __all__ = [
     "INDEX_NAME",
     "ZOO_URL_ENV",
     "CheckpointMismatchError",
+    "load_fitting",
     "NotInZooError",
     "get",
     "get_checkpoint_url",
@@ -139,22 +140,36 @@ def get_checkpoint_url(config_path: str) -> str:
     return urllib.parse.urljoin(prefix, entries[key]["file"])
 
 
-def _check_fit(model, checkpointer, path: str, config_path: str) -> None:
+def load_fitting(model, path: str, config_name: str, hint: str = "") -> None:
+    """Load ``path`` into ``model``; every model tensor must come from it, with its shape.
+
+    The one "does this checkpoint fit this config" check of the package (``get(trained=True)``,
+    the export, analysis and visualize tools). ``hint`` is appended to the message.
+
+    Raises:
+        CheckpointMismatchError: one line: how many tensors differ in shape, are missing or are
+            extra, the first few named.
+    """
+    from afa_d2.engine.checkpoint import AtomicCheckpointer
+
+    checkpointer = AtomicCheckpointer(model, strict_shapes=False)
+    checkpointer.load(path)
     report = checkpointer.last_load_report
     if report is None or not (report.mismatched or report.missing or report.unexpected):
         return
     parts = []
     if report.mismatched:
         parts.append("{} tensor(s) differ in shape ({})".format(len(report.mismatched), ", ".join(
-            "{}: {} in the checkpoint vs {} in the model".format(k, a, b) for k, a, b in report.mismatched[:4])))
+            "{}: {} in the checkpoint vs {} in the model".format(k, list(a), list(b))
+            for k, a, b in report.mismatched[:4])))
     if report.missing:
         parts.append("{} model tensor(s) missing ({})".format(len(report.missing), ", ".join(report.missing[:4])))
     if report.unexpected:
         parts.append("{} checkpoint tensor(s) the model does not have ({})".format(
             len(report.unexpected), ", ".join(report.unexpected[:4])))
     raise CheckpointMismatchError(
-        "checkpoint {} does not fit the model of {} (another architecture?): {}".format(
-            path, config_path, "; ".join(parts))
+        "checkpoint {} does not fit the model of {} (another architecture?): {}{}".format(
+            path, config_name, "; ".join(parts), "; " + hint if hint else "")
     )
 
 
@@ -167,8 +182,6 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     config raises :class:`CheckpointMismatchError` naming the keys and shapes that differ.
     """
     import torch
-
-    from afa_d2.engine.checkpoint import AtomicCheckpointer
 
     cfg = get_config(config_path, trained=trained)
     if device is None:
@@ -185,7 +198,5 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
         model = instantiate(cfg.model).to(device)
         weights = cfg.train.init_checkpoint
     if trained:
-        checkpointer = AtomicCheckpointer(model, strict_shapes=False)
-        checkpointer.load(weights)
-        _check_fit(model, checkpointer, weights, config_path)
+        load_fitting(model, weights, config_path)
     return model
