@@ -326,6 +326,98 @@ def measure_inference(
     return results
 
 
+# ----------------------------------------------------------------------------------- profile
+#: The library behind the ATen ops that take the time on the CPU (what a figure depends on).
+KERNEL_LIBRARY = {
+    "aten::mkldnn_convolution": "oneDNN convolution",
+    "aten::_mkldnn_convolution": "oneDNN convolution",
+    "aten::_slow_conv2d_forward": "PyTorch's im2col + GEMM convolution (chosen over oneDNN for small inputs)",
+    "aten::_convolution": "convolution dispatch (layout checks, copies)",
+    "aten::addmm": "BLAS GEMM (MKL / OpenBLAS)",
+    "aten::mm": "BLAS GEMM (MKL / OpenBLAS)",
+    "aten::bmm": "BLAS batched GEMM (MKL / OpenBLAS)",
+    "aten::linear": "BLAS GEMM (MKL / OpenBLAS)",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "PyTorch's CPU flash attention (GEMM + online softmax)",
+    "aten::_scaled_dot_product_attention_math": "SDPA math path (bmm + softmax)",
+    "torchvision::nms": "torchvision NMS (one thread)",
+    "torchvision::roi_align": "torchvision RoIAlign",
+    "aten::native_group_norm": "PyTorch GroupNorm",
+    "aten::native_layer_norm": "PyTorch LayerNorm",
+}
+
+
+def build_info() -> Dict[str, str]:
+    """What a CPU figure depends on in this PyTorch build: its CPU kernel path, BLAS, MKL and oneDNN
+    versions (from ``torch.__config__.show()``)."""
+    import re
+
+    info = {"torch": torch.__version__}
+    try:
+        info["CPU capability"] = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        pass
+    config = torch.__config__.show()
+    for key, pattern in (("BLAS", r"BLAS_INFO=(\w+)"), ("MKL", r"Math Kernel Library Version ([\w.]+)"),
+                         ("oneDNN", r"MKL-DNN (v[\w.]+)")):
+        m = re.search(pattern, config)
+        if m:
+            info[key] = m.group(1)
+    return info
+
+
+def profile_inference(
+    names: Sequence[str], args: argparse.Namespace, shared_state: Optional[Dict[str, torch.Tensor]] = None,
+    sum_model: Optional[nn.Module] = None, top: int = 12,
+) -> Dict[str, Dict[str, Any]]:
+    """Where one whole-model inference spends its time, per variant: the ``top`` ATen / torchvision
+    ops by self CPU time (``torch.profiler``, after ``args.warmup`` untimed runs), each with its share
+    of the total and the library behind it (:data:`KERNEL_LIBRARY`). CPU only."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if args.device != "cpu":
+        raise ValueError("--profile measures the CPU path (got --device {})".format(args.device))
+    image = _image(args.height, args.width, torch.device("cpu"))
+    inputs = [{"image": image, "height": args.height, "width": args.width}]
+    out: Dict[str, Dict[str, Any]] = {}
+    from afa_d2.runtime import prepare_for_cpu_inference
+
+    with torch.no_grad():
+        for name in names:
+            op, reference = split_variant(name)
+            model = sum_model if op == "sum" and sum_model is not None else _build(op, args, shared_state)
+            model = model.eval()
+            prepare_for_cpu_inference(model)
+            use_reference_path(model, reference)
+            for _ in range(max(1, args.warmup)):
+                model(inputs)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(inputs)
+            use_reference_path(model, False)
+            events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+            total_us = sum(e.self_cpu_time_total for e in events)
+            events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+            rows = [{"name": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6,
+                     "share": e.self_cpu_time_total / total_us, "library": KERNEL_LIBRARY.get(e.key, "")}
+                    for e in events[:top]]
+            out[name] = {"profile_total_s": total_us / 1e6, "profile": rows}
+    return out
+
+
+def format_profile(results: Dict[str, Dict[str, Any]]) -> str:
+    lines = []
+    for name, res in results.items():
+        if "profile" not in res:
+            continue
+        lines.append("{}: {:.3f} s of self CPU time in one inference".format(name, res["profile_total_s"]))
+        lines.append("| op | calls | self time | share | library |")
+        lines.append("| --- | ---: | ---: | ---: | --- |")
+        for r in res["profile"]:
+            lines.append("| {} | {} | {:.0f} ms | {:.1%} | {} |".format(
+                r["name"], r["calls"], r["self_s"] * 1e3, r["share"], r["library"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- training
 def _train_batch(height: int, width: int, device: torch.device) -> List[Dict[str, Any]]:
     from detectron2.structures import BitMasks, Boxes, Instances
@@ -761,6 +853,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    "--model on a synthetic --height x --width image")
     p.add_argument("--skip-model-flops", action="store_true", help="skip tracing the whole model")
     p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of timing: profile one whole-model inference of each --ops variant (CPU) and "
+                   "print its N most expensive ops by self time, with the library behind each")
     p.add_argument("--vs-stock", action="store_true",
                    help="whole-model inference of --ops with afa_d2's CPU settings (allocator, measured kernels) "
                    "and as stock detectron2 eager (glibc's allocator, plain kernels, detectron2's FPN for sum), "
@@ -776,6 +871,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                 "configs/shapes/mask_rcnn_R_18_sum.py)".format(args.train_config))
     if args.iters < 1:
         p.error("--iters must be >= 1, got {}".format(args.iters))
+    if args.profile < 0:
+        p.error("--profile must be a number of ops >= 1, got {}".format(args.profile))
+    if args.profile and args.device != "cpu":
+        p.error("--profile measures the CPU path, got --device {}".format(args.device))
     if args.amp and not str(args.device).startswith("cuda"):
         p.error("--amp needs --device cuda (fp16 autocast training, as detectron2's AMPTrainer), got {}".format(
             args.device))
@@ -815,6 +914,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         runtime = configure_cpu_runtime("the benchmark")
     names = variant_names(args.ops, args.reference, args.checkpoint_mlp)
     results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
+    if args.profile:
+        print("build: " + ", ".join("{} {}".format(k, v) for k, v in build_info().items()))
+        print("profile: {} {}x{}, batch 1, {} threads, afa_d2's CPU settings, one inference after {} warm-up".format(
+            args.model, args.height, args.width, torch.get_num_threads(), max(1, args.warmup)))
+        sum_model = _build("sum", args)
+        for name, res in profile_inference([n for n in names if not n.endswith(CKPT_SUFFIX)], args,
+                                           sum_model.state_dict(), sum_model, top=args.profile).items():
+            results[name].update(res)
+        print(format_profile(results))
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f, indent=2)
+        return results
     if not args.train_only:
         sum_model = _build("sum", args)  # its weights are shared by every variant
         # ":ckpt" changes nothing at inference (no gradients): trained only

@@ -1,6 +1,8 @@
 """afa_d2.benchmark: the attention FLOPs handle, and one tiny side-by-side run."""
 import json
 
+import pytest
+
 import afa_d2  # noqa: F401  (before detectron2)
 import afa_d2.modeling  # noqa: F401
 import torch
@@ -167,3 +169,31 @@ def test_gpu_check_script_runs_on_the_cpu_in_smoke_mode(tmp_path, repo_root):
     assert set(report["inference"]) == {"sum", "mssa", "msca"}
     assert report["inference"]["sum"]["latency_ratio_to_sum"] == 1.0 and report["inference"]["msca"]["fps"] > 0
     assert set(report["goals"]) == {"fps_ratio_mssa", "fps_ratio_msca"}  # no AMP on the CPU
+
+
+def test_profile_names_the_ops_and_libraries_that_take_the_time(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    results = benchmark.main([
+        "--ops", "sum", "mssa", "--height", "128", "--width", "160", "--threads", "2", "--warmup", "1",
+        "--detections-per-image", "5", "--proposals", "50", "--profile", "200", "--json", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert "CPU capability" in printed and "oneDNN convolution" in printed
+    saved = json.loads(out.read_text())["results"]
+    for name in ("sum", "mssa"):
+        rows = saved[name]["profile"]
+        times = [r["self_s"] for r in rows]
+        assert times == sorted(times, reverse=True) and times[-1] > 0
+        assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-6  # every op listed: the shares add up
+        assert abs(sum(times) - saved[name]["profile_total_s"]) < 1e-6
+        assert "aten::mkldnn_convolution" in {r["name"] for r in rows}
+    # attention runs only in the MS-Att model
+    attention = {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"}
+    assert attention & {r["name"] for r in results["mssa"]["profile"]}
+    assert not attention & {r["name"] for r in results["sum"]["profile"]}
+
+
+def test_profile_refuses_a_gpu_device_or_a_negative_count():
+    for argv in (["--profile", "-1"], ["--profile", "5", "--device", "cuda"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(argv)
