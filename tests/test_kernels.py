@@ -121,6 +121,26 @@ def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
         assert K.choose("linear", (24, 48)) == "conv"
 
 
+def test_a_restricted_instruction_set_is_another_host(tmp_path, monkeypatch):
+    """A choice measured with oneDNN / MKL on their full instruction set is not reused when a variable
+    restricts them (the kernels' speeds change): the probe runs again, into another cache file."""
+    monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path))
+    for var in K.ISA_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.5})
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "conv"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 0.5, "conv": 1.0})
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "plain"  # measured again, not read from the first file
+    assert len(list((tmp_path / "kernels").glob("*.json"))) == 2
+
+
 def test_real_probe_measures_both_kernels():
     times = K._probe_linear(16, 32)
     assert set(times) == {"plain", "conv"} and all(t > 0 for t in times.values())

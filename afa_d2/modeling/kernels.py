@@ -125,6 +125,9 @@ def _use_conv(kind: str, signature: Tuple[int, ...], tokens: int) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- choice
+#: Environment variables that restrict the instruction set of PyTorch's CPU libraries (part of the host key).
+ISA_ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                "MKL_CBWR")
 def _host_key() -> str:
     model, flags = platform.processor() or platform.machine(), ""
     try:
@@ -137,7 +140,13 @@ def _host_key() -> str:
                     flags = ",".join(sorted(have & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "fma"}))
     except OSError:
         pass
-    text = "|".join([model, flags, torch.__version__, str(torch.get_num_threads())])
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()  # the ATen kernel path in use (AVX512, AVX2, ...)
+    except AttributeError:  # older torch
+        capability = ""
+    # Variables that move oneDNN / MKL / ATen to another instruction set change the measurement too.
+    isa = ",".join("{}={}".format(k, os.environ[k]) for k in ISA_ENV_VARS if os.environ.get(k))
+    text = "|".join([model, flags, capability, isa, torch.__version__, str(torch.get_num_threads())])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
