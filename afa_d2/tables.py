@@ -36,7 +36,6 @@ __all__ = [
     "BEGIN",
     "END",
     "NOTE",
-    "PAPER_TABLE_VALUES",
     "TABLES",
     "RunError",
     "RunResult",
@@ -245,15 +244,6 @@ TABLES: "OrderedDict[str, TableSpec]" = OrderedDict((t.key, t) for t in (
         "COCO/cascade_mask_rcnn_swin_T_mssa_1x.py"), fps=True),
 ))
 
-#: Where a table prints other numbers for a config than PAPER_RESULTS (which holds its Table 1 / 3 row):
-#: (table number, config) -> (box AP, mask AP, FPS). The paper's Table 4 all-four row and Table 5
-#: multi-scale row print 43.4 / 38.6 for Cascade R-50 MSSA, its Table 1 43.3 / 38.3.
-PAPER_TABLE_VALUES: Dict[Tuple[str, str], Tuple[Optional[float], Optional[float], Optional[float]]] = {
-    ("4", "COCO/cascade_mask_rcnn_R_50_mssa_1x.py"): (43.4, 38.6, None),
-    ("5", "COCO/cascade_mask_rcnn_R_50_mssa_1x.py"): (43.4, 38.6, 11.9),
-}
-
-
 def table_configs() -> List[str]:
     """Every config in the tables, each once, in table order."""
     out: List[str] = []
@@ -263,16 +253,11 @@ def table_configs() -> List[str]:
 
 
 def paper_values(table: str, config: str) -> Dict[str, Optional[float]]:
-    """The paper's box AP, mask AP and FPS for ``config`` as table ``table`` prints them."""
-    from afa_d2.model_zoo.paper import PAPER_RESULTS
+    """The paper's box AP, mask AP and FPS for ``config`` as table ``table`` prints them
+    (:func:`afa_d2.model_zoo.paper.paper_table_values`)."""
+    from afa_d2.model_zoo.paper import paper_table_values
 
-    if (table, config) in PAPER_TABLE_VALUES:
-        box, mask, fps = PAPER_TABLE_VALUES[(table, config)]
-        return {"box_AP": box, "mask_AP": mask, "fps": fps}
-    row = PAPER_RESULTS.get(config)
-    if row is None:
-        return {"box_AP": None, "mask_AP": None, "fps": None}
-    return {"box_AP": row["box_AP"], "mask_AP": row["mask_AP"], "fps": row["fps"]}
+    return paper_table_values(table, config)
 
 
 _SIGNATURES: Dict[str, Dict[str, Any]] = {}
