@@ -881,6 +881,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _write_json(args: argparse.Namespace, results: Dict[str, Dict[str, Any]]) -> None:
+    """``--json``: the arguments and the results, for every mode of the tool."""
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     args = parse_args(argv)
     if args.threads > 0:
@@ -902,10 +910,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
                   args.model, args.height, args.width, args.threads or torch.get_num_threads(), args.device,
                   args.iters))
         print(format_vs_stock(results, args.ops))
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump({"args": vars(args), "results": results}, f, indent=2)
+        _write_json(args, results)
         return results
     runtime = None
     if args.device == "cpu":
@@ -923,10 +928,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
                                            sum_model.state_dict(), sum_model, top=args.profile).items():
             results[name].update(res)
         print(format_profile(results))
-        if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump({"args": vars(args), "results": results}, f, indent=2)
+        _write_json(args, results)
         return results
     if not args.train_only:
         sum_model = _build("sum", args)  # its weights are shared by every variant
@@ -960,10 +962,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
             )
         )
     print(format_table(results))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    _write_json(args, results)
     return results
 
 
