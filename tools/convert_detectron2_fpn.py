@@ -12,21 +12,14 @@ an error naming keys and shapes (--allow-mismatch converts anyway). The source i
 model-zoo .pkl (read without running any code it may hold) or a .pth, a path or a URL
 (detectron2://...). See afa_d2.model_zoo.convert.convert_detectron2_fpn.
 """
-import argparse
-import pickle
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.model_zoo.convert import convert_detectron2_fpn
+from afa_d2.model_zoo.convert import convert_detectron2_fpn, converter_parser, run_converter
 
 
 def main(argv=None) -> int:
-    from afa_d2.engine.checkpoint import CorruptCheckpointError, UntrustedCheckpointError
-
-    head, tail = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(description=head, epilog=tail, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="detectron2 checkpoint: its model-zoo .pkl or a .pth (path or URL)")
-    p.add_argument("output", help="the converted .pth to write (atomically)")
+    p = converter_parser(__doc__, "detectron2 checkpoint: its model-zoo .pkl or a .pth (path or URL)")
     p.add_argument("--config", required=True,
                    help="the target detector: a LazyConfig file or an afa_d2 zoo config name")
     p.add_argument("--start-as-fpn", action="store_true", help="start MSSA / concat blocks as FPN's sum")
@@ -34,14 +27,9 @@ def main(argv=None) -> int:
                    help="convert even if weights outside the new blocks do not fit (they keep their initialisation)")
     p.add_argument("opts", nargs="*", default=[], help="config overrides key=value")
     args = p.parse_intermixed_args(argv)  # overrides may follow the flags
-    try:
-        _, report = convert_detectron2_fpn(args.source, args.config, opts=args.opts, start_as_fpn=args.start_as_fpn,
-                                           strict=not args.allow_mismatch, output=args.output)
-    except (ValueError, KeyError, OSError, pickle.UnpicklingError, CorruptCheckpointError,
-            UntrustedCheckpointError) as e:
-        p.exit(2, "error: {}\n".format(str(e).replace("\n", " ")))
-    print(report.describe())
-    return 0
+    return run_converter(p, lambda: convert_detectron2_fpn(
+        args.source, args.config, opts=args.opts, start_as_fpn=args.start_as_fpn,
+        strict=not args.allow_mismatch, output=args.output))
 
 
 if __name__ == "__main__":

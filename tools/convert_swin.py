@@ -12,33 +12,21 @@ the final norm and the buffers timm recomputes (relative_position_index, attn_ma
 reported as such; a relative-position bias table of another window size is an error. See
 afa_d2.model_zoo.convert.convert_swin.
 """
-import argparse
-import pickle
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.model_zoo.convert import convert_swin
+from afa_d2.model_zoo.convert import convert_swin, converter_parser, run_converter
 
 
 def main(argv=None) -> int:
-    from afa_d2.engine.checkpoint import CorruptCheckpointError, UntrustedCheckpointError
-
-    head, tail = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(description=head, epilog=tail, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="a Swin checkpoint (.pth, path or URL; official or timm layout)")
-    p.add_argument("output", help="the converted .pth to write (atomically)")
+    p = converter_parser(__doc__, "a Swin checkpoint (.pth, path or URL; official or timm layout)")
     p.add_argument("--config", default="COCO/cascade_mask_rcnn_swin_T_sum_1x.py",
                    help="a config whose model.backbone.bottom_up is the Swin bottom-up (LazyConfig file or zoo name)")
     p.add_argument("--prefix", default="backbone.bottom_up.model.", help="key prefix (default: a detector's)")
     p.add_argument("opts", nargs="*", default=[], help="config overrides key=value")
     args = p.parse_intermixed_args(argv)  # overrides may follow the flags
-    try:
-        _, report = convert_swin(args.source, args.config, opts=args.opts, prefix=args.prefix, output=args.output)
-    except (ValueError, KeyError, OSError, pickle.UnpicklingError, CorruptCheckpointError,
-            UntrustedCheckpointError) as e:
-        p.exit(2, "error: {}\n".format(str(e).replace("\n", " ")))
-    print(report.describe())
-    return 0
+    return run_converter(p, lambda: convert_swin(
+        args.source, args.config, opts=args.opts, prefix=args.prefix, output=args.output))
 
 
 if __name__ == "__main__":

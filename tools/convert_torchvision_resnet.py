@@ -13,31 +13,18 @@ torchvision's weights need RGB input, ImageNet pixel statistics and (Bottleneck 
 on the 3x3 conv: the command prints those config overrides. See
 afa_d2.model_zoo.convert.convert_torchvision_resnet.
 """
-import argparse
-import pickle
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.model_zoo.convert import convert_torchvision_resnet
+from afa_d2.model_zoo.convert import convert_torchvision_resnet, converter_parser, run_converter
 
 
 def main(argv=None) -> int:
-    from afa_d2.engine.checkpoint import CorruptCheckpointError, UntrustedCheckpointError
-
-    head, tail = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(description=head, epilog=tail, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="a torchvision ResNet state dict (.pth, path or URL)")
-    p.add_argument("output", help="the converted .pth to write (atomically)")
+    p = converter_parser(__doc__, "a torchvision ResNet state dict (.pth, path or URL)")
     p.add_argument("--prefix", default="backbone.bottom_up.",
                    help="key prefix (default: a detector's bottom-up; \"\" for detectron2's name matching)")
     args = p.parse_args(argv)
-    try:
-        _, report = convert_torchvision_resnet(args.source, prefix=args.prefix, output=args.output)
-    except (ValueError, KeyError, OSError, pickle.UnpicklingError, CorruptCheckpointError,
-            UntrustedCheckpointError) as e:
-        p.exit(2, "error: {}\n".format(str(e).replace("\n", " ")))
-    print(report.describe())
-    return 0
+    return run_converter(p, lambda: convert_torchvision_resnet(args.source, prefix=args.prefix, output=args.output))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ Starting the new blocks as FPN (SPEC §7b, ``start_as_fpn=True`` here or on ``At
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import datetime
 import importlib
@@ -64,6 +65,8 @@ from torch import nn
 
 __all__ = [
     "ConversionReport",
+    "converter_parser",
+    "run_converter",
     "TORCHVISION_PIXEL_MEAN",
     "TORCHVISION_PIXEL_STD",
     "TORCHVISION_SETTINGS",
@@ -687,3 +690,28 @@ def convert_swin(
         save_converted(out, output, author="Swin Transformer ({} layout)".format(layout), report=report)
         report.notes.append("wrote {}".format(output))
     return out, report
+
+
+# --------------------------------------------------------------------------------------------- commands
+def converter_parser(doc: str, source_help: str) -> argparse.ArgumentParser:
+    """The shared start of ``tools/convert_*.py``: its docstring as help (first paragraph as the
+    description), the ``source`` checkpoint and the ``output`` file to write."""
+    head, tail = doc.split("\n\n", 1)
+    p = argparse.ArgumentParser(description=head, epilog=tail, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help=source_help)
+    p.add_argument("output", help="the converted .pth to write (atomically)")
+    return p
+
+
+def run_converter(parser: argparse.ArgumentParser, convert) -> int:
+    """Run ``convert()`` (a converter returning ``(weights, report)``) for a ``tools/convert_*.py``
+    command: print its report, or a bad or unreadable source as one line (exit 2)."""
+    from afa_d2.engine.checkpoint import CorruptCheckpointError, UntrustedCheckpointError
+
+    try:
+        _, report = convert()
+    except (ValueError, KeyError, OSError, pickle.UnpicklingError, CorruptCheckpointError,
+            UntrustedCheckpointError) as e:
+        parser.exit(2, "error: {}\n".format(str(e).replace("\n", " ")))
+    print(report.describe())
+    return 0
