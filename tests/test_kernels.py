@@ -1,6 +1,7 @@
 """afa_d2.modeling.kernels and afa_d2.runtime: the CPU fast paths equal the reference path, fall back
 where they do not apply, are chosen by a cached probe; the allocator setting is explicit and does
 what it says."""
+import contextlib
 import json
 import os
 import subprocess
@@ -222,9 +223,81 @@ def test_threaded_roi_align_is_detectron2s_op_bit_for_bit():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_prepare_for_cpu_inference_keeps_the_detections():
-    from afa_d2 import benchmark
+@contextlib.contextmanager
+def torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _clustered_boxes(n_classes: int, per_class: int, seed: int = 0):
+    """Boxes in tight clusters (NMS suppresses most of them), tied scores, uneven and missing classes."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_classes * per_class
+    centres = torch.rand(12, 2, generator=g) * 400
+    xy = centres[torch.randint(0, 12, (n,), generator=g)] + torch.randn(n, 2, generator=g) * 2
+    boxes = torch.cat([xy, xy + 20 + 30 * torch.rand(n, 2, generator=g)], 1)
+    scores = torch.rand(n, generator=g).round(decimals=2)  # many exact ties
+    idxs = torch.randint(0, n_classes + 3, (n,), generator=g).clamp(max=n_classes - 1)  # the last class crowded
+    idxs[idxs == 3] = 4  # class 3 absent
+    return boxes, scores, idxs
+
+
+@pytest.mark.parametrize("n_classes,per_class", [(80, 60), (5, 900), (3, 200)])  # per-class path; 600 boxes: below it
+def test_threaded_batched_nms_is_detectron2s_bit_for_bit(monkeypatch, n_classes, per_class):
+    import threading
+
+    import torchvision
+    from detectron2.layers import batched_nms
+
+    from afa_d2 import runtime
+
+    boxes, scores, idxs = _clustered_boxes(n_classes, per_class)
+    threads_used = set()
+    original_nms = torchvision.ops.nms
+
+    def recording_nms(*args):
+        threads_used.add(threading.current_thread().name)
+        return original_nms(*args)
+
+    monkeypatch.setattr(torchvision.ops, "nms", recording_nms)
+    expected = batched_nms(boxes, scores, idxs, 0.5)
+    threads_used.clear()
+    with torch_threads(2):
+        got = runtime.threaded_batched_nms(boxes, scores, idxs, 0.5)
+    assert len(expected) < 0.75 * len(boxes)  # the clusters make NMS suppress: the comparison means something
+    assert torch.equal(got, expected)
+    per_class_path = boxes.numel() > runtime.NMS_PER_CLASS_NUMEL
+    in_pool = [name.startswith("afa_d2_cpu") for name in threads_used]
+    assert (bool(in_pool) and all(in_pool)) == per_class_path  # every class's NMS in the pool, or none
+    with torch_threads(1):  # one thread: detectron2's function
+        assert torch.equal(runtime.threaded_batched_nms(boxes, scores, idxs, 0.5), expected)
+
+
+def test_threaded_nms_scope_is_counted_and_restored():
+    from detectron2.layers import batched_nms
+    from detectron2.modeling.proposal_generator import proposal_utils
+    from detectron2.modeling.roi_heads import fast_rcnn
+
+    from afa_d2.runtime import threaded_batched_nms, threaded_nms
+
+    with threaded_nms():
+        with threaded_nms():
+            assert fast_rcnn.batched_nms is threaded_batched_nms
+        assert proposal_utils.batched_nms is threaded_batched_nms  # the outer block is still open
+    assert fast_rcnn.batched_nms is batched_nms and proposal_utils.batched_nms is batched_nms
+
+
+def test_prepare_for_cpu_inference_keeps_the_detections(monkeypatch):
+    from afa_d2 import benchmark, runtime
     from afa_d2.runtime import ThreadedROIAlign, prepare_for_cpu_inference
+
+    calls = []
+    original = runtime.threaded_batched_nms
+    monkeypatch.setattr(runtime, "threaded_batched_nms", lambda *a: calls.append(len(a[0])) or original(*a))
 
     args = benchmark.parse_args(["--proposals", "200", "--detections-per-image", "20"])
     model = benchmark._build("msca", args).eval()
@@ -234,6 +307,16 @@ def test_prepare_for_cpu_inference_keeps_the_detections():
         prepare_for_cpu_inference(model)
         after = model(image)[0]["instances"]
     assert sum(isinstance(m, ThreadedROIAlign) for m in model.modules()) == 8  # 4 box + 4 mask levels
+    assert calls, "the prepared model's inference did not go through the threaded NMS"
+    from detectron2.layers import batched_nms
+    from detectron2.modeling.roi_heads import fast_rcnn
+
+    assert fast_rcnn.batched_nms is batched_nms  # restored after the forward
+    prepare_for_cpu_inference(model)  # twice: still one pair of hooks
+    assert len(model._forward_pre_hooks) == 1
+    with pytest.raises(Exception):
+        model([{"image": torch.zeros(2, 8, 8)}])  # a failing forward ...
+    assert fast_rcnn.batched_nms is batched_nms  # ... restores the names too
     assert model.backbone.fpn_lateral2.weight.is_contiguous(memory_format=torch.channels_last)
     assert len(after) == len(before) == 20
     assert (after.scores - before.scores).abs().max().item() <= 1e-4
