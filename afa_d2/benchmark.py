@@ -243,6 +243,24 @@ def shared_state_dict(args: argparse.Namespace) -> Dict[str, torch.Tensor]:
     return _build("sum", args).state_dict()
 
 
+REFERENCE_CONV = "reference: 3x3 conv"
+
+
+def _reference_conv(padded_size, device: torch.device):
+    """The host's rate for the op the sum-up neck is made of: a 256 -> 256 3x3 convolution (no bias)
+    of a channels-last map the size of p3 (stride 8) of the benchmark's padded input, through the
+    same library (oneDNN on the CPU, cuDNN on CUDA). Returns (function, multiply-adds per call).
+
+    Timed among the necks, it turns a neck's GFLOP/s into a share of what this host's convolution
+    library reaches here: a figure that travels between hosts better than GFLOP/s itself.
+    """
+    h, w = -(-int(padded_size[0]) // 8), -(-int(padded_size[1]) // 8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 256, h, w, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(device).contiguous(memory_format=torch.channels_last)
+    return (lambda: torch.nn.functional.conv2d(x, weight, padding=1)), h * w * 256 * 256 * 9
+
+
 def measure_inference(
     names: Sequence[str],
     args: argparse.Namespace,
@@ -312,7 +330,10 @@ def measure_inference(
 
             neck_fns[name] = run_neck
             model_fns[name] = run_model
+        reference_conv, reference_macs = _reference_conv(images.tensor.shape[-2:], device)
+        neck_fns[REFERENCE_CONV] = reference_conv  # timed among the necks, under the same conditions
         neck_times = time_interleaved(neck_fns, args.iters, args.warmup, device)
+        conv_rate = reference_macs / 1e9 / statistics.median(neck_times.pop(REFERENCE_CONV))
         model_times = time_interleaved(model_fns, args.iters, args.warmup, device)
     for name, res in results.items():
         res["neck_latency_s"] = statistics.median(neck_times[name])
@@ -321,6 +342,8 @@ def measure_inference(
         res["model_latency_spread"] = _spread(model_times[name])
         res.update(counts[name])
         res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
+        res["reference_conv_gmacs_per_s"] = conv_rate
+        res["neck_of_reference_conv"] = res["neck_gflops_per_s"] / conv_rate
     for model in models.values():
         use_reference_path(model, False)
     return results
@@ -339,7 +362,7 @@ KERNEL_LIBRARY = {
     "aten::linear": "BLAS GEMM (MKL / OpenBLAS)",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "PyTorch's CPU flash attention (GEMM + online softmax)",
     "aten::_scaled_dot_product_attention_math": "SDPA math path (bmm + softmax)",
-    "torchvision::nms": "torchvision NMS (one thread)",
+    "torchvision::nms": "torchvision NMS (per class; afa_d2 runs the classes on the threads)",
     "torchvision::roi_align": "torchvision RoIAlign",
     "aten::native_group_norm": "PyTorch GroupNorm",
     "aten::native_layer_norm": "PyTorch LayerNorm",
@@ -803,6 +826,7 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         ("model GFLOPs", num("model_flops", 1e9, 1), "model_flops"),
         ("neck ms", num("neck_latency_s", 1e-3, 1), "neck_latency_s"),
         ("neck GFLOP/s", num("neck_gflops_per_s", 1, 1), "neck_gflops_per_s"),
+        ("of 3x3 conv", lambda r: "{:.2f}".format(r["neck_of_reference_conv"]), "neck_of_reference_conv"),
         ("model ms", num("model_latency_s", 1e-3, 1), "model_latency_s"),
         ("props/dets", props, "model_latency_s"),
         ("train step ms", num("train_step_s", 1e-3, 1), "train_step_s"),
@@ -952,6 +976,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
                 args.model, args.height, args.width, torch.get_num_threads(), args.device, args.iters
             )
         )
+        rate = next(iter(results.values())).get("reference_conv_gmacs_per_s")
+        if rate:
+            print("this host's convolution rate, timed among the necks: a 256->256 3x3 conv of the p3-sized map "
+                  "(channels-last) ran at {:.1f} GMAC/s; \"of 3x3 conv\" = neck GFLOP/s over it ({})".format(
+                      rate, ", ".join("{} {}".format(k, v) for k, v in build_info().items())))
     if args.train:
         print(
             "training: {}, {} threads, device {}; a fresh process per variant and round, {} round(s) "

@@ -58,6 +58,11 @@ def test_tiny_side_by_side_run(tmp_path, capsys):
     assert s["detections"] == m["detections"] == 5
     assert s["neck_latency_s"] > 0 and m["model_latency_s"] > 0
     assert "mssa" in table and "(x1.00)" in table and "neck GFLOPs" in table
+    # the host's 3x3-conv rate is timed once among the necks, and each neck's share of it is its GFLOP/s over it
+    assert s["reference_conv_gmacs_per_s"] == m["reference_conv_gmacs_per_s"] > 0
+    for r in (s, m):
+        assert r["neck_of_reference_conv"] == pytest.approx(r["neck_gflops_per_s"] / r["reference_conv_gmacs_per_s"])
+    assert "of 3x3 conv" in table and "GMAC/s" in table
 
 
 def test_reference_variants_and_interleaved_timing():
