@@ -218,6 +218,10 @@ def test_threaded_roi_align_is_detectron2s_op_bit_for_bit():
     plain, threaded = ROIAlign((7, 7), 0.25, 0, aligned=True), ThreadedROIAlign((7, 7), 0.25, 0, aligned=True)
     with torch.no_grad():
         assert torch.equal(threaded(x, rois), plain(x, rois))
+        x_cl = x.contiguous(memory_format=torch.channels_last)  # one NCHW copy, before the split
+        assert torch.equal(threaded(x_cl, rois), plain(x, rois))
+        with torch_threads(1):
+            assert torch.equal(threaded(x_cl, rois), plain(x, rois))
     x.requires_grad_(True)  # with autograd: detectron2's op (and its gradient)
     threaded(x, rois).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -277,18 +281,60 @@ def test_threaded_batched_nms_is_detectron2s_bit_for_bit(monkeypatch, n_classes,
         assert torch.equal(runtime.threaded_batched_nms(boxes, scores, idxs, 0.5), expected)
 
 
-def test_threaded_nms_scope_is_counted_and_restored():
+def _nms_in_forked_child(queue, boxes, scores, idxs, expected):
+    from afa_d2.runtime import threaded_batched_nms
+
+    with torch_threads(2):
+        queue.put(torch.equal(threaded_batched_nms(boxes, scores, idxs, 0.5), expected))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_threaded_ops_work_in_a_child_forked_after_the_pool_started():
+    import multiprocessing
+
+    from detectron2.layers import batched_nms
+
+    from afa_d2.runtime import threaded_batched_nms
+
+    boxes, scores, idxs = _clustered_boxes(5, 900)
+    expected = batched_nms(boxes, scores, idxs, 0.5)
+    with torch_threads(2):
+        threaded_batched_nms(boxes, scores, idxs, 0.5)  # the parent's pool threads exist now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    # (the child runs only the threaded op: after a fork, any intra-op-parallel torch op in the child's
+    # main thread can hang on the parent's OpenMP state, with or without afa_d2)
+    child = ctx.Process(target=_nms_in_forked_child, args=(queue, boxes, scores, idxs, expected))
+    child.start()
+    child.join(120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung on the parent's thread pool"
+    assert child.exitcode == 0 and queue.get(timeout=10) is True
+
+
+def test_cpu_inference_scope_is_counted_and_restored():
     from detectron2.layers import batched_nms
     from detectron2.modeling.proposal_generator import proposal_utils
     from detectron2.modeling.roi_heads import fast_rcnn
 
-    from afa_d2.runtime import threaded_batched_nms, threaded_nms
+    from afa_d2 import runtime
+    from afa_d2.runtime import cpu_inference_scope, threaded_batched_nms
 
-    with threaded_nms():
-        with threaded_nms():
+    x = torch.randn(1, 8, 12, 16).contiguous(memory_format=torch.channels_last)
+    assert runtime._nchw(x) is not runtime._nchw(x)  # outside a scope: a fresh copy each time
+    with cpu_inference_scope():
+        with cpu_inference_scope():
             assert fast_rcnn.batched_nms is threaded_batched_nms
+            copy = runtime._nchw(x)
+            assert copy.is_contiguous() and torch.equal(copy, x)
         assert proposal_utils.batched_nms is threaded_batched_nms  # the outer block is still open
+        assert runtime._nchw(x) is copy  # one NCHW copy per map for every RoIAlign call in the scope
+        x.add_(1)  # ... unless the map changed in place
+        assert torch.equal(runtime._nchw(x), x) and runtime._nchw(x) is not copy
     assert fast_rcnn.batched_nms is batched_nms and proposal_utils.batched_nms is batched_nms
+    assert not runtime._nchw_cache  # the copies are dropped with the last block
 
 
 def test_prepare_for_cpu_inference_keeps_the_detections(monkeypatch):
