@@ -369,6 +369,87 @@ KERNEL_LIBRARY = {
 }
 
 
+def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """The rates of the kernels behind the neck figures, on MS-Att's largest level (p2 of the benchmark's
+    padded input, 256 channels, 4 heads, the multi-scale pooled keys of pool stride 16), interleaved.
+
+    Each product is timed every way afa_d2 can compute it, after the ways are checked to agree (1e-4
+    relative): the token linear through BLAS (``F.linear``) and as a 1x1 convolution (oneDNN);
+    attention through SDPA, as grouped 1x1 convolutions, and as plain GEMMs with a softmax between
+    (``bmm``, the score tensor materialised); the softmax alone (no multiply-adds, but the exponentials
+    the neck's FLOP count leaves out); and the 3x3 convolution the sum-up neck is made of, the yardstick.
+    CPU only (the convolution attention is a CPU path).
+    """
+    import torch.nn.functional as F
+
+    from afa_d2.modeling.kernels import _attend_conv, _attend_sdpa
+    from afa_d2.modeling.ms_attention import _pool_output_sizes
+
+    if args.device != "cpu":
+        raise ValueError("--kernels measures the CPU kernels (got --device {})".format(args.device))
+    h, w = (-(-size // 32) * 8 for size in (args.height, args.width))  # p2 of the padded input
+    n, c, heads = h * w, 256, 4
+    d = c // heads
+    m = sum(a * b for a, b in _pool_output_sizes(h, w, "multi_scale", (16, 32), 7))
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randn(1, n, c, generator=g)
+    x_map = tokens.view(1, h, w, c).permute(0, 3, 1, 2)  # channels-last view of the tokens
+    w1, b1 = torch.randn(2 * c, c, generator=g) * c ** -0.5, torch.randn(2 * c, generator=g)
+    w3 = (torch.randn(c, c, 3, 3, generator=g) * 0.02).contiguous(memory_format=torch.channels_last)
+    k, v = (torch.randn(1, heads, m, d, generator=g) for _ in range(2))
+    scores = torch.randn(n, heads, m, generator=g)
+
+    def attend_bmm():
+        q = tokens.view(n, heads, d).transpose(0, 1)  # (heads, N, d)
+        p = torch.bmm(q, k[0].transpose(1, 2) * d ** -0.5).softmax(-1)  # (heads, N, M)
+        return torch.bmm(p, v[0]).transpose(0, 1).reshape(1, n, c)
+
+    linear_macs, attention_macs = n * c * 2 * c, 2 * n * m * c
+    kernels = {  # name -> (function, multiply-adds, product it computes)
+        "3x3 conv 256->256 (oneDNN)": (lambda: F.conv2d(x_map, w3, padding=1), n * c * c * 9, "conv3x3"),
+        "linear 256->512, F.linear (BLAS)": (lambda: F.linear(tokens, w1, b1), linear_macs, "linear"),
+        "linear 256->512, 1x1 conv (oneDNN)": (
+            lambda: F.conv2d(x_map, w1[:, :, None, None], b1).permute(0, 2, 3, 1).reshape(1, n, 2 * c),
+            linear_macs, "linear"),
+        "attention, SDPA": (lambda: _attend_sdpa(tokens, k, v), attention_macs, "attention"),
+        "attention, grouped 1x1 convs": (lambda: _attend_conv(tokens, k, v, (h, w)), attention_macs, "attention"),
+        "attention, bmm + softmax": (attend_bmm, attention_macs, "attention"),
+        "softmax alone ({} x {} x {})".format(n, heads, m): (lambda: scores.softmax(-1), 0, "softmax"),
+    }
+    with torch.no_grad():
+        first: Dict[str, torch.Tensor] = {}
+        for name, (fn, _, product) in kernels.items():
+            out = fn()
+            if product in first and not torch.allclose(out, first[product], rtol=1e-4, atol=1e-4):
+                raise AssertionError("{}: differs from the first {} kernel by {:.2e}; the rates would not "
+                                     "compare".format(name, product, (out - first[product]).abs().max().item()))
+            first.setdefault(product, out)
+        del first
+        times = time_interleaved({name: kernel[0] for name, kernel in kernels.items()}, args.iters, args.warmup,
+                                 torch.device("cpu"))
+    conv_name = next(iter(kernels))
+    results: Dict[str, Dict[str, Any]] = {}
+    for name, (_, macs, product) in kernels.items():
+        t = statistics.median(times[name])
+        results[name] = {"op": name, "product": product, "macs": macs, "latency_s": t,
+                         "latency_spread": _spread(times[name]), "gmacs_per_s": macs / 1e9 / t if macs else None,
+                         "tokens": n, "keys": m, "map": [h, w]}
+    conv_rate = results[conv_name]["gmacs_per_s"]
+    for r in results.values():
+        r["of_conv3x3"] = r["gmacs_per_s"] / conv_rate if r["gmacs_per_s"] else None
+    return results
+
+
+def format_kernels(results: Dict[str, Dict[str, Any]]) -> str:
+    lines = ["| kernel | ms | GMAC/s | of 3x3 conv |", "| --- | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        lines.append("| {} | {:.1f} ±{:.0f}% | {} | {} |".format(
+            name, 1e3 * r["latency_s"], 50 * r["latency_spread"],
+            "{:.1f}".format(r["gmacs_per_s"]) if r["gmacs_per_s"] else "-",
+            "{:.2f}".format(r["of_conv3x3"]) if r["of_conv3x3"] else "-"))
+    return "\n".join(lines)
+
+
 def build_info() -> Dict[str, str]:
     """What a CPU figure depends on in this PyTorch build: its CPU kernel path, BLAS, MKL and oneDNN
     versions (from ``torch.__config__.show()``)."""
@@ -880,6 +961,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead of timing: profile one whole-model inference of each --ops variant (CPU) and "
                    "print its N most expensive ops by self time, with the library behind each")
+    p.add_argument("--kernels", action="store_true",
+                   help="time the kernels behind the neck figures on MS-Att's p2 level (3x3 conv, token linear "
+                        "as BLAS GEMM and as 1x1 conv, attention three ways, softmax), side by side; CPU")
     p.add_argument("--vs-stock", action="store_true",
                    help="whole-model inference of --ops with afa_d2's CPU settings (allocator, measured kernels) "
                    "and as stock detectron2 eager (glibc's allocator, plain kernels, detectron2's FPN for sum), "
@@ -899,6 +983,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--profile must be a number of ops >= 1, got {}".format(args.profile))
     if args.profile and args.device != "cpu":
         p.error("--profile measures the CPU path, got --device {}".format(args.device))
+    if args.kernels and args.device != "cpu":
+        p.error("--kernels measures the CPU kernels, got --device {}".format(args.device))
     if args.amp and not str(args.device).startswith("cuda"):
         p.error("--amp needs --device cuda (fp16 autocast training, as detectron2's AMPTrainer), got {}".format(
             args.device))
@@ -941,6 +1027,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         from afa_d2.runtime import configure_cpu_runtime
 
         runtime = configure_cpu_runtime("the benchmark")
+    if args.kernels:
+        results = measure_kernels(args)
+        r = next(iter(results.values()))
+        print("build: " + ", ".join("{} {}".format(k, v) for k, v in build_info().items()))
+        print("kernels on p2 of {}x{} ({}x{} = {} tokens, 256 channels, 4 heads, {} pooled keys), {} threads, "
+              "{} interleaved iters (median, ±half the max-min spread); each product's kernels agree within "
+              "1e-4".format(args.height, args.width, r["map"][0], r["map"][1], r["tokens"], r["keys"],
+                            torch.get_num_threads(), args.iters))
+        print(format_kernels(results))
+        _write_json(args, results)
+        return results
     names = variant_names(args.ops, args.reference, args.checkpoint_mlp)
     results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
     if args.profile:

@@ -202,3 +202,29 @@ def test_profile_refuses_a_gpu_device_or_a_negative_count():
     for argv in (["--profile", "-1"], ["--profile", "5", "--device", "cuda"]):
         with pytest.raises(SystemExit):
             benchmark.parse_args(argv)
+
+
+def test_kernels_mode_times_each_product_every_way_after_checking_they_agree(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "kernels.json"
+    results = benchmark.main(["--kernels", "--height", "128", "--width", "160", "--threads", "2", "--iters", "1",
+                              "--warmup", "0", "--json", str(out)])
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())["results"]
+    assert set(saved) == set(results) and "| kernel | ms | GMAC/s | of 3x3 conv |" in printed
+    by_product = {}
+    for r in saved.values():
+        by_product.setdefault(r["product"], []).append(r)
+        assert r["tokens"] == 32 * 40 and r["keys"] == 2 * 3 + 1 * 2  # p2 32x40; pools of 16: 2x3, of 32: 1x2
+        if r["macs"]:
+            assert r["gmacs_per_s"] == pytest.approx(r["macs"] / 1e9 / r["latency_s"])
+    assert {k: len(v) for k, v in by_product.items()} == {"conv3x3": 1, "linear": 2, "attention": 3, "softmax": 1}
+    assert by_product["conv3x3"][0]["of_conv3x3"] == 1.0
+    assert by_product["attention"][0]["macs"] == 2 * 1280 * 8 * 256
+    # a kernel that computes something else is refused before anything is timed
+    import afa_d2.modeling.kernels as K
+
+    monkeypatch.setattr(K, "_attend_conv", lambda q, k, v, size: torch.zeros_like(q))
+    with pytest.raises(AssertionError, match="attention, grouped 1x1 convs: differs from the first attention"):
+        benchmark.main(["--kernels", "--height", "128", "--width", "160", "--iters", "1", "--warmup", "0"])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--kernels", "--device", "cuda"])
