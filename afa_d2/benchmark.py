@@ -21,6 +21,13 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
 * with ``--checkpoint-mlp`` (and ``--train``): "mssa:ckpt" / "msca:ckpt", trained with each
   MS-Att's DW-MLP recomputed in backward (``checkpoint_mlp=True``), memory traded for time.
 
+On the CPU the inference table also times a 256 -> 256 3x3 convolution of the p3-sized map among
+the necks, and gives each neck's GFLOP/s as a share of that rate ("of 3x3 conv"). Other modes:
+``--kernels`` (:func:`measure_kernels`: the kernels behind the neck figures, each product every way
+afa_d2 computes it), ``--profile N`` (:func:`profile_inference`: where one inference spends its
+time, op by op, with the library behind each) and ``--vs-stock`` (stock detectron2 eager against
+afa_d2's CPU settings, two worker processes side by side).
+
 Timing is interleaved: every timed repetition runs each variant once, in an order rotated from
 one repetition to the next, so a load change on a shared machine hits every variant alike; the
 median is reported, and the spread ((max - min) / median over the repetitions) beside it.
