@@ -41,23 +41,25 @@ So this module exports at opset :data:`DEFAULT_OPSET` (17: also ONNX's LayerNorm
 three LayerNorms as one node each) and refuses anything below :data:`MIN_OPSET`; the box, score and
 mask outputs are compared with PyTorch's in the tests (within 1e-3).
 
-**Input sizes: one graph per padded size.** The graph declares H and W dynamic, but tracing records
-AttentionFPN's feature-map sizes as constants: the operators convert the map sizes to Python ints
-(``int(lateral.shape[-2])``) for ``Up`` (resized to ``F_i``'s exact size), for MS-Att's token
-reshapes and the DW-MLP's (N, H, W, C) view, and for the pooling kernels ``min(r, H)``. Everything
-from detectron2 (padding, anchors, proposals, RoI heads, the number of detections) stays dynamic. So
-one exported file serves every image that the model pads to the *same* size (multiples of
-``size_divisibility``, 32): an export at 97x131 (padded 128x160) runs any H in 97..128 and W in
-129..160 and equals PyTorch there; another padded size fails inside the graph (onnxruntime: a Reshape
-error) or, when the token counts happen to agree (128x160 against 160x128), would run on a wrong grid.
-:class:`ExportedModel` checks the size first and raises :class:`ExportedSizeError`, one line naming
-both sizes and what to do; the TorchScript file carries the same check in its own (scripted) forward,
-for users who load it without afa_d2. Re-export per input size (or resize / pad images to one size).
-Making the graph size-generic needs the operators to keep sizes as tensors while tracing (no ``int()``
-of a shape): a change to :mod:`afa_d2.modeling`, not to this module.
+**Input sizes: one graph for every padded size from a minimum up.** The graph declares H and W
+dynamic, and tracing keeps them so: AttentionFPN's operators pass the map sizes on as they are
+(``lateral.shape[-2]``, no ``int()``) to ``Up`` (resized to ``F_i``'s exact size), to MS-Att's token
+reshapes and to the DW-MLP's (N, H, W, C) view, and everything from detectron2 (padding, anchors,
+proposals, RoI heads, the number of detections) is dynamic as well. What tracing does fix is MS-Att's
+pooling kernels, ``min(r, H)`` per axis (an int, as ``avg_pool2d`` needs): they are ``r`` on every map at
+least ``r`` wide, so the graph equals PyTorch for every input whose padded size puts each level's map at
+or above its largest pooling stride, ``max(r) * level stride`` (128x128 for the shipped strides 16, 8, 4,
+2 on p2-p5 with multi-scale pooling: 32 x 4 on p2). An export at 97x131 (padded 128x160) equals PyTorch at
+150x203, at 160x128 and at 250x300 (tested). :func:`export_model` records that minimum; a graph traced on a
+sample below it (its kernels were clamped), one with ``pooling="adaptive"`` (the output grid is fixed) and
+one with a ``square_size`` pad serve only the sample's padded size, as before. :class:`ExportedModel`
+checks the size first and raises :class:`ExportedSizeError`, one line naming both sizes and what to do;
+the TorchScript file carries the same check in its own (scripted) forward, for users who load it
+without afa_d2. Files written before this rule carry no minimum and keep their one padded size.
 
 **Metadata.** Both formats carry a JSON record (``afa_d2_export``: ONNX ``metadata_props``, a
-TorchScript extra file): output names, input format, the padded size and the range of H, W it takes,
+TorchScript extra file): output names, input format, the sample's padded size, the padded sizes the graph
+serves (``min_padded_size``, ``max_padded_size``: null for no limit) and the range of H, W it takes,
 the config's test-time resize (when exported from a config: :func:`run_exported` applies it, as
 :class:`afa_d2.predictor.Predictor` does), the operators per level, the meta-architecture.
 
@@ -106,6 +108,8 @@ __all__ = [
     "export_model",
     "format_of",
     "load_model",
+    "describe_sizes",
+    "graph_size_limits",
     "padded_size",
     "read_image",
     "run_exported",
@@ -222,13 +226,14 @@ def _output_names(schema) -> List[str]:
 
 
 class _SizeChecked(nn.Module):
-    """A traced detector behind a scripted size check: one graph serves one padded input size."""
+    """A traced detector behind a scripted size check: the padded sizes the graph serves (see the module's doc)."""
 
-    def __init__(self, traced: nn.Module, padded_h: int, padded_w: int, divisibility: int, square: int):
+    def __init__(self, traced: nn.Module, min_size: List[int], max_size: Optional[List[int]], divisibility: int,
+                 square: int):
         super().__init__()
         self.traced = traced
-        self.padded_h = padded_h
-        self.padded_w = padded_w
+        self.min_h, self.min_w = int(min_size[0]), int(min_size[1])
+        self.max_h, self.max_w = (-1, -1) if max_size is None else (int(max_size[0]), int(max_size[1]))
         self.divisibility = max(1, divisibility)
         self.square = square
 
@@ -239,13 +244,18 @@ class _SizeChecked(nn.Module):
         pw = self.square if self.square > 0 else w
         ph = (ph + self.divisibility - 1) // self.divisibility * self.divisibility
         pw = (pw + self.divisibility - 1) // self.divisibility * self.divisibility
-        if ph != self.padded_h or pw != self.padded_w:
+        if ph < self.min_h or pw < self.min_w or (self.max_h > 0 and (ph > self.max_h or pw > self.max_w)):
+            if self.max_h > 0:
+                serves = "images padded to {}x{} (H in {}..{}, W in {}..{})".format(
+                    self.max_h, self.max_w, self.max_h - self.divisibility + 1, self.max_h,
+                    self.max_w - self.divisibility + 1, self.max_w)
+            else:
+                serves = "images padded to at least {}x{} (H, W >= {}, {})".format(
+                    self.min_h, self.min_w, self.min_h - self.divisibility + 1, self.min_w - self.divisibility + 1)
             raise ValueError(
-                "this TorchScript detector was traced for images padded to {}x{} (H in {}..{}, W in {}..{}); got {}x{}, "
-                "padded to {}x{}: AttentionFPN's traced feature-map sizes are constants, so export it again at this "
-                "size (afa_d2.export)".format(
-                    self.padded_h, self.padded_w, self.padded_h - self.divisibility + 1, self.padded_h,
-                    self.padded_w - self.divisibility + 1, self.padded_w, h, w, ph, pw))
+                "this TorchScript detector serves {}; got {}x{}, padded to {}x{}: MS-Att's pooling kernels are "
+                "constants in the traced graph, so export it again at this size (afa_d2.export)".format(
+                    serves, h, w, ph, pw))
         return self.traced(image)
 
 
@@ -285,6 +295,41 @@ def _size_range(padded: int, divisibility: int, square: int) -> Tuple[int, int]:
     if square > 0:
         return 1, square
     return (padded - divisibility + 1, padded) if divisibility > 1 else (padded, padded)
+
+
+def graph_size_limits(model: nn.Module, padded: Tuple[int, int], divisibility: int,
+                      square: int = 0) -> Tuple[List[int], Optional[List[int]]]:
+    """The padded sizes a graph traced at ``padded`` equals ``model`` at: (smallest (H, W), largest or None).
+
+    None means no upper limit: every padded size whose maps are at least as wide as each MS-Att
+    level's largest pooling stride (see the module's doc). The sample's own size only (both limits
+    ``padded``) when the sample was below that, with adaptive pooling, or with a square pad.
+    """
+    exact = [int(padded[0]), int(padded[1])]
+    if square > 0:
+        return exact, exact
+    need = 1
+    backbone = model.backbone
+    for level in getattr(backbone, "levels", []):
+        attn = getattr(getattr(backbone, "fpn_aggregation{}".format(level[1:]), None), "attn", None)
+        if attn is None:
+            continue
+        if attn.pooling == "adaptive":
+            return exact, exact
+        need = max(need, max(attn.pool_strides) * 2 ** int(level[1:]))
+    need = padded_size(need, need, divisibility)[0]
+    if exact[0] < need or exact[1] < need:  # the sample's maps clamped a pooling kernel
+        return exact, exact
+    return [need, need], None
+
+
+def describe_sizes(meta: Dict[str, Any]) -> str:
+    """The inputs an export serves, in words, from its metadata (an :class:`ExportInfo`'s, or a file's)."""
+    low, high = meta.get("min_padded_size", meta["padded_size"]), meta.get("max_padded_size", meta["padded_size"])
+    (h0, h1), (w0, w1) = meta["height_range"], meta["width_range"]
+    if high is not None and list(low) == list(high):
+        return "H in {}..{}, W in {}..{} (padded to {}x{})".format(h0, h1, w0, w1, *high)
+    return "any H >= {}, W >= {} (padded to at least {}x{})".format(h0, w0, *low)
 
 
 # --------------------------------------------------------------------------------------- images
@@ -425,8 +470,10 @@ class ExportInfo:
     input_format: str
     sample_size: List[int]
     padded_size: List[int]
-    height_range: List[int]
-    width_range: List[int]
+    min_padded_size: List[int]
+    max_padded_size: Optional[List[int]]
+    height_range: List[Optional[int]]
+    width_range: List[Optional[int]]
     size_divisibility: int
     square_size: int
     resize: Optional[Dict[str, Any]]
@@ -545,6 +592,11 @@ def export_model(
 
     div, square = _padding(model)
     ph, pw = padded_size(int(image.shape[1]), int(image.shape[2]), div, square)
+    low, high = graph_size_limits(model, (ph, pw), div, square)
+    if high is None:
+        height_range, width_range = [low[0] - max(div, 1) + 1, None], [low[1] - max(div, 1) + 1, None]
+    else:
+        height_range, width_range = list(_size_range(ph, div, square)), list(_size_range(pw, div, square))
     adapter = tracing_adapter_class()(model, [{INPUT_NAME: image}], _inference)
     was_training = model.training
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -563,8 +615,8 @@ def export_model(
         info = ExportInfo(
             path=path, format=fmt, opset=opset if fmt == "onnx" else None, input_name=INPUT_NAME,
             output_names=names, input_format=input_format, sample_size=[int(image.shape[1]), int(image.shape[2])],
-            padded_size=[ph, pw], height_range=list(_size_range(ph, div, square)),
-            width_range=list(_size_range(pw, div, square)), size_divisibility=div, square_size=square, resize=resize,
+            padded_size=[ph, pw], min_padded_size=low, max_padded_size=high, height_range=height_range,
+            width_range=width_range, size_divisibility=div, square_size=square, resize=resize,
             masks="probabilities (N, 1, M, M) in the box frame, before pasting" if MASK_OUTPUT in names else "none",
             detections_on_sample=int(reference[0].shape[0]) if reference else 0, **_describe_model(model),
         )
@@ -582,7 +634,7 @@ def export_model(
                 )
             else:
                 traced = torch.jit.trace(adapter, (image,), check_trace=False)
-                script = torch.jit.script(_SizeChecked(traced, ph, pw, div, square))
+                script = torch.jit.script(_SizeChecked(traced, low, high, div, square))
                 torch.jit.save(script, path, _extra_files={METADATA_KEY + ".json": record})
     finally:
         stack.close()
@@ -691,16 +743,16 @@ class ExportedModel:
         self.meta: Dict[str, Any] = json.loads(record)
 
     def check_size(self, height: int, width: int) -> None:
-        """ExportedSizeError unless an input of ``height`` x ``width`` pads to the traced size."""
+        """ExportedSizeError unless an input of ``height`` x ``width`` pads to a size the graph serves."""
         m = self.meta
         got = padded_size(height, width, m["size_divisibility"], m["square_size"])
-        if list(got) != list(m["padded_size"]):
+        low = m.get("min_padded_size", m["padded_size"])  # files from before the minimum: their one size
+        high = m.get("max_padded_size", m["padded_size"]) if "min_padded_size" in m else m["padded_size"]
+        if got[0] < low[0] or got[1] < low[1] or (high is not None and (got[0] > high[0] or got[1] > high[1])):
             raise ExportedSizeError(
-                "{} was traced for network inputs padded to {}x{} (H in {}..{}, W in {}..{}); this one is {}x{}, padded "
-                "to {}x{}. AttentionFPN's feature-map sizes are constants in a traced graph (resize targets, token "
-                "reshapes, pooling kernels), so one file serves one padded size: export again at {}x{}".format(
-                    self.path, *m["padded_size"], *m["height_range"], *m["width_range"], height, width, *got,
-                    height, width))
+                "{} serves network inputs with {}; this one is {}x{}, padded to {}x{}. MS-Att's pooling kernels are "
+                "constants in a traced graph (the module's doc says when), so export again at {}x{}".format(
+                    self.path, describe_sizes(m), height, width, *got, height, width))
 
     def run_tensor(self, image: Tensor) -> Dict[str, np.ndarray]:
         """The graph's outputs on one network input.

@@ -154,12 +154,14 @@ def test_traced_torchscript_equals_eager_and_checks_its_input_size(tmp_path):
     out = dict(zip(info.output_names, traced(image)))  # autograd on: the saved weights need no grad
     _assert_equal_outputs(out, _eager(model, image), 1e-5, "TorchScript {}x{}".format(*SIZES[0]))
 
-    same_bucket = _image(110, 150, seed=3)
-    out = dict(zip(info.output_names, traced(same_bucket)))
-    _assert_equal_outputs(out, _eager(model, same_bucket), 1e-5, "TorchScript 97x131 trace on 110x150")
+    assert info.min_padded_size == [128, 128] and info.max_padded_size is None
+    for other in [(110, 150), SIZES[1], (160, 128)]:  # the same padded size, a larger one, transposed
+        image = _image(*other, seed=3)
+        out = dict(zip(info.output_names, traced(image)))
+        _assert_equal_outputs(out, _eager(model, image), 1e-5, "TorchScript 97x131 trace on {}x{}".format(*other))
     with pytest.raises(Exception) as e:  # the file's own scripted check, a torch.jit.Error
-        traced(_image(*SIZES[1]))
-    assert "traced for images padded to 128x160" in str(e.value) and "padded to 160x224" in str(e.value), str(e.value)
+        traced(_image(60, 150))
+    assert "padded to at least 128x128" in str(e.value) and "padded to 64x160" in str(e.value), str(e.value)
 
 
 # ------------------------------------------------------------------------------------ input sizes
@@ -172,36 +174,54 @@ def msca_onnx_97x131(tmp_path_factory):
     return model, info
 
 
-def test_one_graph_serves_its_padded_size_and_refuses_another(msca_onnx_97x131):
+def test_one_graph_serves_every_padded_size_from_its_minimum(msca_onnx_97x131):
     model, info = msca_onnx_97x131
-    assert info.padded_size == [128, 160] and info.height_range == [97, 128] and info.width_range == [129, 160]
+    assert info.padded_size == [128, 160] and info.min_padded_size == [128, 128] and info.max_padded_size is None
+    assert info.height_range == [97, None] and info.width_range == [97, None]
     assert max(info.max_abs_diff.values()) <= ATOL, info.max_abs_diff  # export's own check on its sample
     exported = export.ExportedModel(info.path)
-    same_bucket = _image(120, 150, seed=3)  # pads to 128x160 too
-    ref = _eager(model, same_bucket)
-    assert len(ref["scores"]) != info.detections_on_sample, "want a different number of detections"
-    _assert_equal_outputs(exported(same_bucket), ref, ATOL, "ONNX 97x131 graph on 120x150")
+    counts = set()
+    # the same padded size, larger ones, and 160x128 (token counts equal to 128x160's, another grid)
+    for size in [(120, 150), (150, 203), (160, 128), (250, 300)]:
+        image = _image(*size, seed=3)
+        ref = _eager(model, image)
+        counts.add(len(ref["scores"]))
+        _assert_equal_outputs(exported(image), ref, ATOL, "ONNX 97x131 graph on {}x{}".format(*size))
+    assert len(counts) > 1, "want different numbers of detections"
 
-    with pytest.raises(export.ExportedSizeError) as e:
-        exported(_image(150, 203))
+    with pytest.raises(export.ExportedSizeError) as e:  # a map below p2's pooling stride of 32
+        exported(_image(60, 150))
     msg = str(e.value)
-    assert "\n" not in msg and "128x160" in msg and "160x224" in msg and "export again at 150x203" in msg, msg
+    assert "\n" not in msg and "at least 128x128" in msg and "padded to 64x160" in msg and "export again at 60x150" in msg, msg
 
-    # What the check prevents: onnxruntime alone runs 160x128 (token counts agree with 128x160), on a wrong grid.
-    import onnxruntime as ort
 
-    transposed = _image(160, 128, seed=4)
-    session = ort.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+def test_a_graph_whose_pooling_kernels_were_clamped_serves_only_its_padded_size(tmp_path):
+    model = _model("msca")
+    info = export.export_model(model, str(tmp_path / "small.onnx"), sample=_image(60, 90), verify=False)
+    assert info.padded_size == info.min_padded_size == info.max_padded_size == [64, 96]  # p2 16x24 < 32
+    exported = export.ExportedModel(info.path)
+    image = _image(50, 70, seed=2)
+    _assert_equal_outputs(exported(image), _eager(model, image), ATOL, "ONNX 60x90 graph on 50x70")
+    with pytest.raises(export.ExportedSizeError, match=r"H in 33\.\.64, W in 65\.\.96 \(padded to 64x96\)"):
+        exported(_image(*SIZES[0]))
+    assert export.graph_size_limits(model, (128, 96), 32) == ([128, 96], [128, 96])  # W's p2 map 24 < 32
+    assert export.graph_size_limits(model, (256, 128), 32) == ([128, 128], None)
+    model.backbone.fpn_aggregation2.attn.pooling = "adaptive"  # a fixed output grid: its own size only
     try:
-        raw = dict(zip(info.output_names, session.run(None, {"image": transposed.numpy()})))
-    except Exception:  # a Reshape / shape error inside the graph: also not a result
-        raw = None
-    ref = _eager(model, transposed)
-    if raw is not None:
-        same = raw["scores"].shape == tuple(ref["scores"].shape) and np.abs(raw["scores"] - ref["scores"].numpy()).max() < 1e-3
-        assert not same, "the 128x160 graph gave PyTorch's detections at 160x128: the size check is too strict"
-    with pytest.raises(export.ExportedSizeError):
-        exported(transposed)
+        assert export.graph_size_limits(model, (256, 128), 32) == ([256, 128], [256, 128])
+    finally:
+        model.backbone.fpn_aggregation2.attn.pooling = "multi_scale"
+
+
+def test_files_from_before_the_minimum_keep_their_one_size(msca_onnx_97x131):
+    _, info = msca_onnx_97x131
+    exported = export.ExportedModel(info.path)
+    for key in ("min_padded_size", "max_padded_size"):
+        exported.meta.pop(key)
+    exported.meta["height_range"], exported.meta["width_range"] = [97, 128], [129, 160]
+    exported.check_size(120, 150)
+    with pytest.raises(export.ExportedSizeError, match="H in 97..128, W in 129..160"):
+        exported.check_size(150, 203)
 
 
 # ------------------------------------------------------------------------------------ RoIAlign

@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     print("Wrote {} ({}, {:.1f} MiB, {} {}, operators {}) in {:.1f} s".format(
         info.path, what, mb, info.meta_architecture, info.roi_heads, info.operators, info.seconds))
     resize = info.resize
-    print("Input '{}': (3, H, W) float 0-255 {} with H in {}..{}, W in {}..{} (padded to {}x{}){}".format(
-        info.input_name, info.input_format, *info.height_range, *info.width_range, *info.padded_size,
+    print("Input '{}': (3, H, W) float 0-255 {} with {}{}".format(
+        info.input_name, info.input_format, export.describe_sizes(info.metadata()),
         "; images are first resized to short edge {} (max {}) by run_exported".format(
             resize["short_edge_length"][0], resize["max_size"]) if resize else ""))
     print("Outputs: {}; masks: {}".format(", ".join(info.output_names), info.masks))

@@ -105,7 +105,7 @@ class Aggregation(nn.Module):
 
     def up(self, top_down: Tensor, lateral: Tensor) -> Tensor:
         """``Up(P_{i+1})`` at ``F_i``'s size."""
-        return resize_to(top_down, (int(lateral.shape[-2]), int(lateral.shape[-1])), self.upsample_mode)
+        return resize_to(top_down, (lateral.shape[-2], lateral.shape[-1]), self.upsample_mode)
 
     def forward(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         """
@@ -262,7 +262,7 @@ class MSSAAggregation(_AttentionAggregation):
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if top_down is None:
             return self.attn(lateral)  # eq. (2)
-        h, w = int(lateral.shape[-2]), int(lateral.shape[-1])
+        h, w = lateral.shape[-2], lateral.shape[-1]  # traced, not constants, under export
         # eq. (1) in tokens: (N, H*W, C), contiguous whatever the inputs' memory formats
         r = add_tokens(token_view(lateral), token_view(self.up(top_down, lateral)))
         return from_tokens(self.attn.forward_tokens(r, (h, w), from_tokens(r, (h, w))), (h, w))  # eq. (2)
@@ -287,7 +287,7 @@ class MSCAAggregation(_AttentionAggregation):
     can_start_as_sum = False
 
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
-        h, w = int(lateral.shape[-2]), int(lateral.shape[-1])
+        h, w = lateral.shape[-2], lateral.shape[-1]  # traced, not constants, under export
         kv = lateral if top_down is None else self.up(top_down, lateral)
         f = to_tokens(lateral)  # (N, H*W, C)
         s = self.attn.forward_tokens(f, (h, w), kv)  # eq. (3), (N, H*W, C), a fresh tensor

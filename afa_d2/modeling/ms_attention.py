@@ -345,7 +345,7 @@ class MSAttention(nn.Module):
         Returns:
             p_q: Tensor of shape (N, C, H, W), eq. (7), a channels_last view of the tokens.
         """
-        h, w = int(x_q.shape[-2]), int(x_q.shape[-1])
+        h, w = x_q.shape[-2], x_q.shape[-1]  # traced, not constants, under export
         p_q = self.forward_tokens(to_tokens(x_q), (h, w), x_q if x_kv is None else x_kv)
         return from_tokens(p_q, (h, w))
 
