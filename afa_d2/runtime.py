@@ -295,8 +295,9 @@ def _scope_hook(module, args, output) -> None:
 def prepare_for_cpu_inference(model, *, channels_last: bool = True):
     """Make ``model`` (a detectron2 R-CNN, on the CPU) faster at inference, same outputs: threaded
     ``ROIAlign`` in its poolers, its forward inside :func:`cpu_inference_scope` (threaded per-class NMS,
-    one NCHW copy of each map for the RoIAlign calls; through forward hooks), and with ``channels_last`` its weights in channels-last memory format (do that
-    only to a model that is not being trained). Calling it twice is harmless. Returns ``model``."""
+    one NCHW copy of each map for the RoIAlign calls; through forward hooks), and with ``channels_last``
+    its weights in channels-last memory format (do that only to a model that is not being trained).
+    Calling it twice is harmless. Returns ``model``."""
     import torch
 
     swapped = 0
