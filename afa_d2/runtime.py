@@ -119,12 +119,13 @@ def configure_cpu_runtime(what: str = "this run") -> Optional[Dict[str, int]]:
     return done
 
 
+_POOL_WORKERS = 8
 _THREAD_POOL = None
 _THREAD_POOL_PID = None
 
 
 def _thread_pool():
-    """The process's pool for the threaded CPU ops below (at most 8 workers, created on first use).
+    """The process's pool for the threaded CPU ops below (:data:`_POOL_WORKERS` workers, created on first use).
 
     A forked child gets a pool of its own: the parent's worker threads do not exist in it.
     """
@@ -132,9 +133,20 @@ def _thread_pool():
     if _THREAD_POOL is None or _THREAD_POOL_PID != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
 
-        _THREAD_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="afa_d2_cpu")
+        _THREAD_POOL = ThreadPoolExecutor(max_workers=_POOL_WORKERS, thread_name_prefix="afa_d2_cpu")
         _THREAD_POOL_PID = os.getpid()
     return _THREAD_POOL
+
+
+def _pool_threads(device_type: str) -> int:
+    """How many pool tasks a threaded op splits into: the intra-op threads (at most the pool's size),
+    or 0 where it should not split (not the CPU, one thread, tracing or scripting)."""
+    import torch
+
+    threads = min(_POOL_WORKERS, torch.get_num_threads())
+    if threads < 2 or device_type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return 0
+    return threads
 
 
 def _roi_align_base():
@@ -167,8 +179,8 @@ class ThreadedROIAlign(_roi_align_base()):
                 or torch.jit.is_scripting() or input.is_quantized):
             return super().forward(input, rois)
         input = _nchw(input)
-        threads = min(8, torch.get_num_threads())
-        if threads < 2 or rois.shape[0] < self.MIN_ROIS:
+        threads = _pool_threads(input.device.type)
+        if threads == 0 or rois.shape[0] < self.MIN_ROIS:
             return super().forward(input, rois)
         from torchvision.ops import roi_align
 
@@ -200,9 +212,7 @@ def threaded_batched_nms(boxes, scores, idxs, iou_threshold: float):
     from detectron2.layers import batched_nms
     from torchvision.ops import nms
 
-    threads = min(8, torch.get_num_threads())
-    if (threads < 2 or boxes.device.type != "cpu" or boxes.numel() <= NMS_PER_CLASS_NUMEL
-            or torch.jit.is_tracing() or torch.jit.is_scripting()):
+    if _pool_threads(boxes.device.type) == 0 or boxes.numel() <= NMS_PER_CLASS_NUMEL:
         return batched_nms(boxes, scores, idxs, iou_threshold)
     boxes = boxes.float()  # as detectron2's batched_nms (fp16 lacks the range)
 
