@@ -323,9 +323,17 @@ def graph_size_limits(model: nn.Module, padded: Tuple[int, int], divisibility: i
     return [need, need], None
 
 
+def _served_sizes(meta: Dict[str, Any]) -> Tuple[List[int], Optional[List[int]]]:
+    """(smallest, largest or None) padded size an export serves, from its metadata; a file written before
+    the minimum was recorded serves its one padded size."""
+    if "min_padded_size" in meta:
+        return meta["min_padded_size"], meta["max_padded_size"]
+    return meta["padded_size"], meta["padded_size"]
+
+
 def describe_sizes(meta: Dict[str, Any]) -> str:
     """The inputs an export serves, in words, from its metadata (an :class:`ExportInfo`'s, or a file's)."""
-    low, high = meta.get("min_padded_size", meta["padded_size"]), meta.get("max_padded_size", meta["padded_size"])
+    low, high = _served_sizes(meta)
     (h0, h1), (w0, w1) = meta["height_range"], meta["width_range"]
     if high is not None and list(low) == list(high):
         return "H in {}..{}, W in {}..{} (padded to {}x{})".format(h0, h1, w0, w1, *high)
@@ -746,8 +754,7 @@ class ExportedModel:
         """ExportedSizeError unless an input of ``height`` x ``width`` pads to a size the graph serves."""
         m = self.meta
         got = padded_size(height, width, m["size_divisibility"], m["square_size"])
-        low = m.get("min_padded_size", m["padded_size"])  # files from before the minimum: their one size
-        high = m.get("max_padded_size", m["padded_size"]) if "min_padded_size" in m else m["padded_size"]
+        low, high = _served_sizes(m)
         if got[0] < low[0] or got[1] < low[1] or (high is not None and (got[0] > high[0] or got[1] > high[1])):
             raise ExportedSizeError(
                 "{} serves network inputs with {}; this one is {}x{}, padded to {}x{}. MS-Att's pooling kernels are "
