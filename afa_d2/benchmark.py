@@ -253,19 +253,24 @@ def shared_state_dict(args: argparse.Namespace) -> Dict[str, torch.Tensor]:
 REFERENCE_CONV = "reference: 3x3 conv"
 
 
+def _conv3x3(h: int, w: int, device: torch.device, seed: int = 0):
+    """The yardstick: a 256 -> 256 3x3 convolution (no bias) of a random channels-last (1, 256, h, w)
+    map, the op the sum-up neck is made of, through the device's library (oneDNN on the CPU, cuDNN on
+    CUDA). Returns (function, multiply-adds per call)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 256, h, w, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(device).contiguous(memory_format=torch.channels_last)
+    return (lambda: torch.nn.functional.conv2d(x, weight, padding=1)), h * w * 256 * 256 * 9
+
+
 def _reference_conv(padded_size, device: torch.device):
-    """The host's rate for the op the sum-up neck is made of: a 256 -> 256 3x3 convolution (no bias)
-    of a channels-last map the size of p3 (stride 8) of the benchmark's padded input, through the
-    same library (oneDNN on the CPU, cuDNN on CUDA). Returns (function, multiply-adds per call).
+    """The host's rate for the op the sum-up neck is made of: :func:`_conv3x3` on a map the size of p3
+    (stride 8) of the benchmark's padded input. Returns (function, multiply-adds per call).
 
     Timed among the necks, it turns a neck's GFLOP/s into a share of what this host's convolution
     library reaches here: a figure that travels between hosts better than GFLOP/s itself.
     """
-    h, w = -(-int(padded_size[0]) // 8), -(-int(padded_size[1]) // 8)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 256, h, w, generator=g).to(device).contiguous(memory_format=torch.channels_last)
-    weight = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(device).contiguous(memory_format=torch.channels_last)
-    return (lambda: torch.nn.functional.conv2d(x, weight, padding=1)), h * w * 256 * 256 * 9
+    return _conv3x3(-(-int(padded_size[0]) // 8), -(-int(padded_size[1]) // 8), device)
 
 
 def measure_inference(
@@ -402,7 +407,7 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     tokens = torch.randn(1, n, c, generator=g)
     x_map = tokens.view(1, h, w, c).permute(0, 3, 1, 2)  # channels-last view of the tokens
     w1, b1 = torch.randn(2 * c, c, generator=g) * c ** -0.5, torch.randn(2 * c, generator=g)
-    w3 = (torch.randn(c, c, 3, 3, generator=g) * 0.02).contiguous(memory_format=torch.channels_last)
+    conv3x3, conv3x3_macs = _conv3x3(h, w, torch.device("cpu"), args.seed)
     k, v = (torch.randn(1, heads, m, d, generator=g) for _ in range(2))
     scores = torch.randn(n, heads, m, generator=g)
 
@@ -413,7 +418,7 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 
     linear_macs, attention_macs = n * c * 2 * c, 2 * n * m * c
     kernels = {  # name -> (function, multiply-adds, product it computes)
-        "3x3 conv 256->256 (oneDNN)": (lambda: F.conv2d(x_map, w3, padding=1), n * c * c * 9, "conv3x3"),
+        "3x3 conv 256->256 (oneDNN)": (conv3x3, conv3x3_macs, "conv3x3"),
         "linear 256->512, F.linear (BLAS)": (lambda: F.linear(tokens, w1, b1), linear_macs, "linear"),
         "linear 256->512, 1x1 conv (oneDNN)": (
             lambda: F.conv2d(x_map, w1[:, :, None, None], b1).permute(0, 2, 3, 1).reshape(1, n, 2 * c),
@@ -455,6 +460,11 @@ def format_kernels(results: Dict[str, Dict[str, Any]]) -> str:
             "{:.1f}".format(r["gmacs_per_s"]) if r["gmacs_per_s"] else "-",
             "{:.2f}".format(r["of_conv3x3"]) if r["of_conv3x3"] else "-"))
     return "\n".join(lines)
+
+
+def format_build_info() -> str:
+    """:func:`build_info` on one line: "torch 2.x, CPU capability AVX512, BLAS mkl, ..."."""
+    return ", ".join("{} {}".format(k, v) for k, v in build_info().items())
 
 
 def build_info() -> Dict[str, str]:
@@ -1037,7 +1047,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     if args.kernels:
         results = measure_kernels(args)
         r = next(iter(results.values()))
-        print("build: " + ", ".join("{} {}".format(k, v) for k, v in build_info().items()))
+        print("build: " + format_build_info())
         print("kernels on p2 of {}x{} ({}x{} = {} tokens, 256 channels, 4 heads, {} pooled keys), {} threads, "
               "{} interleaved iters (median, ±half the max-min spread); each product's kernels agree within "
               "1e-4".format(args.height, args.width, r["map"][0], r["map"][1], r["tokens"], r["keys"],
@@ -1048,7 +1058,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     names = variant_names(args.ops, args.reference, args.checkpoint_mlp)
     results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
     if args.profile:
-        print("build: " + ", ".join("{} {}".format(k, v) for k, v in build_info().items()))
+        print("build: " + format_build_info())
         print("profile: {} {}x{}, batch 1, {} threads, afa_d2's CPU settings, one inference after {} warm-up".format(
             args.model, args.height, args.width, torch.get_num_threads(), max(1, args.warmup)))
         sum_model = _build("sum", args)
@@ -1084,7 +1094,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         if rate:
             print("this host's convolution rate, timed among the necks: a 256->256 3x3 conv of the p3-sized map "
                   "(channels-last) ran at {:.1f} GMAC/s; \"of 3x3 conv\" = neck GFLOP/s over it ({})".format(
-                      rate, ", ".join("{} {}".format(k, v) for k, v in build_info().items())))
+                      rate, format_build_info()))
     if args.train:
         print(
             "training: {}, {} threads, device {}; a fresh process per variant and round, {} round(s) "
