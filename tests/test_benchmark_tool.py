@@ -39,14 +39,18 @@ def test_ms_attention_flops_include_attention():
     assert flops.total() > flops.by_operator()["scaled_dot_product_attention"]
 
 
+def _main_with_json(tmp_path, capsys, argv):
+    """``benchmark.main(argv + --json)``: (its return value, what it printed, the results it saved)."""
+    out = tmp_path / "benchmark.json"
+    results = benchmark.main(list(argv) + ["--json", str(out)])
+    return results, capsys.readouterr().out, json.loads(out.read_text())["results"]
+
+
 def test_tiny_side_by_side_run(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    results = benchmark.main([
+    results, table, saved = _main_with_json(tmp_path, capsys, [
         "--ops", "sum", "mssa", "--height", "128", "--width", "160", "--iters", "1", "--warmup", "0",
-        "--threads", "2", "--detections-per-image", "5", "--proposals", "50", "--json", str(out),
+        "--threads", "2", "--detections-per-image", "5", "--proposals", "50",
     ])
-    table = capsys.readouterr().out
-    saved = json.loads(out.read_text())["results"]
     assert set(saved) == {"sum", "mssa"} and saved["mssa"]["neck_params"] == results["mssa"]["neck_params"]
     s, m = saved["sum"], saved["mssa"]
     assert s["neck_params"] == 3344384 and m["neck_params"] == 3344384 + 4 * 532736
@@ -177,14 +181,11 @@ def test_gpu_check_script_runs_on_the_cpu_in_smoke_mode(tmp_path, repo_root):
 
 
 def test_profile_names_the_ops_and_libraries_that_take_the_time(tmp_path, capsys):
-    out = tmp_path / "profile.json"
-    results = benchmark.main([
+    results, printed, saved = _main_with_json(tmp_path, capsys, [
         "--ops", "sum", "mssa", "--height", "128", "--width", "160", "--threads", "2", "--warmup", "1",
-        "--detections-per-image", "5", "--proposals", "50", "--profile", "200", "--json", str(out),
+        "--detections-per-image", "5", "--proposals", "50", "--profile", "200",
     ])
-    printed = capsys.readouterr().out
     assert "CPU capability" in printed and "oneDNN convolution" in printed
-    saved = json.loads(out.read_text())["results"]
     for name in ("sum", "mssa"):
         rows = saved[name]["profile"]
         times = [r["self_s"] for r in rows]
@@ -205,11 +206,8 @@ def test_profile_refuses_a_gpu_device_or_a_negative_count():
 
 
 def test_kernels_mode_times_each_product_every_way_after_checking_they_agree(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "kernels.json"
-    results = benchmark.main(["--kernels", "--height", "128", "--width", "160", "--threads", "2", "--iters", "1",
-                              "--warmup", "0", "--json", str(out)])
-    printed = capsys.readouterr().out
-    saved = json.loads(out.read_text())["results"]
+    results, printed, saved = _main_with_json(tmp_path, capsys, [
+        "--kernels", "--height", "128", "--width", "160", "--threads", "2", "--iters", "1", "--warmup", "0"])
     assert set(saved) == set(results) and "| kernel | ms | GMAC/s | of 3x3 conv |" in printed
     by_product = {}
     for r in saved.values():
