@@ -3,6 +3,7 @@ where they do not apply, are chosen by a cached probe; the allocator setting is 
 what it says."""
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,8 +96,97 @@ def test_plain_kernels_where_the_convolutions_do_not_apply(monkeypatch):
             m(x)
         torch.jit.trace(m, (x,), check_trace=False)  # tracing (export): plain ops
     assert [c for c in calls if c[1:] == (1, 1)] == [], calls  # only the depth-wise conv ran
-    with kernel_policy("probe"):
-        assert K._use_conv("linear", (32, 32), K.MIN_TOKENS - 1) is False  # small maps: never probed
+    monkeypatch.setattr(K, "choose", lambda *a: pytest.fail("probed a product below the size limits"))
+    with kernel_policy("probe"), torch.no_grad():  # small maps and few rows: never probed, plain
+        K.token_linear(torch.nn.Linear(32, 32), torch.randn(1, K.MIN_TOKENS - 1, 32), (K.MIN_TOKENS - 1, 1))
+        K.rows_linear(torch.nn.Linear(256, 256), torch.randn(K.MIN_ROWS_MACS // 256 ** 2 - 1, 256))
+    assert [c for c in calls if c[1:] == (1, 1)] == [], calls
+
+
+def test_rows_linear_equals_the_linear_and_shares_its_parameters(monkeypatch):
+    """The box head's FC layers (RowsLinear): the 1x1 convolution of the rows equals F.linear, with
+    the layer's own parameters; with autograd, or a 3-D input, it is F.linear."""
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(96, 40)
+    rows = K.RowsLinear.from_linear(fc)
+    assert rows.weight is fc.weight and rows.bias is fc.bias
+    assert list(rows.state_dict()) == list(fc.state_dict()) == ["weight", "bias"]
+    x = torch.randn(300, 96)
+    calls = _count_convs(monkeypatch)
+    with kernel_policy("conv"):
+        with torch.no_grad():
+            out = rows(x)
+        assert calls == [(40, 96, 1, 1)]  # the convolution ran
+        assert out.shape == (300, 40) and (out - fc(x)).abs().max().item() <= 1e-5
+        x.requires_grad_(True)
+        rows(x).sum().backward()  # with autograd: F.linear, and its gradients reach the shared weight
+        assert calls == [(40, 96, 1, 1)] and fc.weight.grad is not None and x.grad is not None
+        with torch.no_grad():
+            assert torch.equal(rows(x[None]), fc(x[None]))  # not rows: F.linear
+    assert calls == [(40, 96, 1, 1)]
+
+
+def _count_nnpack(monkeypatch):
+    calls = []
+    real = K._nnpack_conv3x3
+
+    def nnpack(x, weight, bias):
+        calls.append(tuple(x.shape))
+        return real(x, weight, bias)
+
+    monkeypatch.setattr(K, "_nnpack_conv3x3", nnpack)
+    return calls
+
+
+@pytest.mark.skipif(not K.nnpack_available(), reason="this PyTorch build has no NNPACK for this CPU")
+def test_batched_conv2d_equals_detectron2s_conv_with_its_norm_and_activation(monkeypatch):
+    from detectron2.layers import Conv2d, get_norm
+
+    torch.manual_seed(0)
+    conv = Conv2d(32, 64, 3, padding=1, norm=get_norm("GN", 64), activation=torch.nn.ReLU())
+    with torch.no_grad():
+        conv.norm.weight.normal_(1.0, 0.3)
+        conv.norm.bias.normal_(0.0, 0.3)  # a ReLU that cuts: the activation's place matters
+    assert K.BatchedConv2d.applies_to(conv) and not K.BatchedConv2d.applies_to(Conv2d(32, 64, 3, padding=1, stride=2))
+    batched = K.BatchedConv2d.from_conv(conv)
+    assert batched.weight is conv.weight and batched.norm is conv.norm and batched.activation is conv.activation
+    assert list(batched.state_dict()) == list(conv.state_dict())
+    x = torch.randn(K.MIN_BATCH_3X3 + 4, 32, 14, 14)
+    calls = _count_nnpack(monkeypatch)
+    with torch.no_grad():
+        expected = conv(x)
+        with kernel_policy("conv"):
+            got = batched(x)
+            assert calls == [tuple(x.shape)]
+            got_cl = batched(x.contiguous(memory_format=torch.channels_last))  # a channels-last input too
+            batched(x[: K.MIN_BATCH_3X3 - 1])  # a small batch: oneDNN
+        with kernel_policy("plain"):
+            batched(x)
+    assert len(calls) == 2
+    assert 0 < (expected == 0).float().mean() < 1  # the ReLU cut some outputs
+    assert (got - expected).abs().max().item() <= 1e-5 and (got_cl - expected).abs().max().item() <= 1e-5
+    with kernel_policy("conv"):
+        batched(x.requires_grad_(True)).sum().backward()  # with autograd: detectron2's convolution
+    assert len(calls) == 2 and conv.weight.grad is not None
+
+
+def test_nnpack_is_not_chosen_where_it_is_less_accurate_or_missing(monkeypatch):
+    """The 3x3 probe times NNPACK only where it is at least as accurate as oneDNN against float64."""
+    if K.nnpack_available():
+        real = K._nnpack_conv3x3
+        times = K._probe_conv3x3(8, 8, 14, 14)
+        assert math.isfinite(times["conv"]) and times["plain"] > 0  # on these maps NNPACK is accurate
+        monkeypatch.setattr(K, "_nnpack_conv3x3", lambda *a: real(*a) + 1e-4)  # ... unless it errs by 1e-4
+        assert K._probe_conv3x3(8, 8, 14, 14)["conv"] == math.inf
+    monkeypatch.setattr(K, "nnpack_available", lambda: False)
+    assert K._probe_conv3x3(8, 8, 14, 14)["conv"] == math.inf
+
+
+def test_a_linear_too_large_for_the_token_probe_is_probed_on_rows():
+    """fc1 of the box head (12544 -> 1024) on the probe's 8,192 tokens would be 105 G multiply-adds per
+    call: it is probed on PROBE_ROWS rows laid out as rows_linear does; MS-Att's linears keep the map."""
+    assert K._probe_map(256, 512) == K._probe_map(512, 256) == K.PROBE_HW
+    assert K._probe_map(12544, 1024) == (K.PROBE_ROWS, 1) and K.PROBE_ROWS * 8 <= K.PROBE_TOKENS
 
 
 def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
@@ -339,6 +429,7 @@ def test_cpu_inference_scope_is_counted_and_restored():
 
 def test_prepare_for_cpu_inference_keeps_the_detections(monkeypatch):
     from afa_d2 import benchmark, runtime
+    from afa_d2.modeling.kernels import BatchedConv2d, RowsLinear
     from afa_d2.runtime import ThreadedROIAlign, prepare_for_cpu_inference
 
     calls = []
@@ -348,11 +439,19 @@ def test_prepare_for_cpu_inference_keeps_the_detections(monkeypatch):
     args = benchmark.parse_args(["--proposals", "200", "--detections-per-image", "20"])
     model = benchmark._build("msca", args).eval()
     image = [{"image": benchmark._image(160, 224, torch.device("cpu"))}]
+    keys = list(model.state_dict())
     with torch.no_grad():
         before = model(image)[0]["instances"]
         prepare_for_cpu_inference(model)
         after = model(image)[0]["instances"]
     assert sum(isinstance(m, ThreadedROIAlign) for m in model.modules()) == 8  # 4 box + 4 mask levels
+    assert type(model.roi_heads.box_head.fc1) is RowsLinear and type(model.roi_heads.box_head.fc2) is RowsLinear
+    assert sum(type(m) is BatchedConv2d for m in model.roi_heads.mask_head.children()) == 4
+    assert list(model.state_dict()) == keys  # the same parameters under the same names
+    nnpack_calls = _count_nnpack(monkeypatch)
+    with torch.no_grad(), kernel_policy("conv"):  # the heads' (and MS-Att's) other kernels: the same detections
+        forced = model(image)[0]["instances"]
+    assert len(nnpack_calls) == (4 if K.nnpack_available() else 0)  # the mask head's 20 detections
     assert calls, "the prepared model's inference did not go through the threaded NMS"
     from detectron2.layers import batched_nms
     from detectron2.modeling.roi_heads import fast_rcnn
@@ -364,6 +463,7 @@ def test_prepare_for_cpu_inference_keeps_the_detections(monkeypatch):
         model([{"image": torch.zeros(2, 8, 8)}])  # a failing forward ...
     assert fast_rcnn.batched_nms is batched_nms  # ... restores the names too
     assert model.backbone.fpn_lateral2.weight.is_contiguous(memory_format=torch.channels_last)
-    assert len(after) == len(before) == 20
-    assert (after.scores - before.scores).abs().max().item() <= 1e-4
-    assert (after.pred_boxes.tensor - before.pred_boxes.tensor).abs().max().item() <= 1e-2  # pixels
+    assert len(after) == len(before) == len(forced) == 20
+    for got in (after, forced):
+        assert (got.scores - before.scores).abs().max().item() <= 1e-4
+        assert (got.pred_boxes.tensor - before.pred_boxes.tensor).abs().max().item() <= 1e-2  # pixels

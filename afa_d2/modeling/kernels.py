@@ -5,6 +5,17 @@ Two products dominate MS-Att on a large map (p2 at 800x1333 is 200x336 = 67,200 
 * the token linears (Q, K/V, the output projection, the DW-MLP's two FCs): ``F.linear`` on
   (N, H*W, C) tokens runs through BLAS (MKL's GEMM); the same product is a 1x1 convolution of the
   channels-last (N, C, H, W) view of the same memory, which runs through oneDNN;
+* the box head's fully connected layers on the RoIs (fc1: 1,000 x 12,544 -> 1,024 at test time, about
+  as many multiply-adds as all of MS-Att's Q projections): ``F.linear`` on (R, C_in) rows, or a 1x1
+  convolution of the same rows viewed as a channels-last (1, C_in, R, 1) map
+  (:func:`rows_linear`, :class:`RowsLinear`, installed by :func:`afa_d2.runtime.prepare_for_cpu_inference`);
+* the mask head's 3x3 convolutions on the detections (100 x 256 x 14 x 14 at 800x1333, four of them,
+  about as many multiply-adds as one 3x3 convolution of p2): oneDNN's direct convolution, or NNPACK's
+  batched convolution (:class:`BatchedConv2d`, also installed by ``prepare_for_cpu_inference``), which
+  PyTorch builds in for x86-64 with AVX2 and ARM but does not pick for these. It is chosen only where
+  its probe is at least as accurate as oneDNN's against a float64 reference (NNPACK's algorithm depends
+  on the map size: 2e-6 at 14x14, 5e-5 at 7x7, where it is not taken) and ``MARGIN`` faster, and only for
+  batches of at least ``MIN_BATCH_3X3`` maps;
 * attention over the ~350 pooled keys: ``scaled_dot_product_attention``, or two grouped 1x1
   convolutions of that view, keys then values as the weights, with a softmax over each head's keys
   in between (per image: the weights differ from image to image).
@@ -21,9 +32,11 @@ so later processes skip the probe. ``AFA_D2_KERNELS`` overrides it: ``probe`` (d
 
 The convolutions are only used where they compute the same thing in the same precision: CPU,
 float32, no autocast, not while tracing, scripting, exporting or compiling, contiguous tokens, at
-least ``MIN_TOKENS`` tokens unless forced (below, call overhead dominates); attention
-by convolution only without autograd (its score tensor, (N, heads * M, H, W), would be kept for
-backward: training keeps SDPA, which never materialises it). Everything else takes the plain
+least ``MIN_TOKENS`` tokens (rows: ``MIN_ROWS_MACS`` multiply-adds) unless forced (below, call
+overhead dominates); rows only without autograd (inference: the box head's training step keeps
+``F.linear``); attention by convolution only without autograd (its score tensor,
+(N, heads * M, H, W), would be kept for backward: training keeps SDPA, which never materialises
+it). Everything else takes the plain
 path, which is also what :meth:`MSAttention.forward_reference` uses.
 """
 from __future__ import annotations
@@ -31,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -48,10 +62,13 @@ __all__ = [
     "MARGIN",
     "MIN_TOKENS",
     "PROBE_TOKENS",
+    "BatchedConv2d",
+    "RowsLinear",
     "attend",
     "choices",
     "choose",
     "kernel_policy",
+    "rows_linear",
     "token_linear",
 ]
 
@@ -64,6 +81,17 @@ PROBE_HW = (64, 128)  # the probe's map: 8,192 tokens
 PROBE_TOKENS = PROBE_HW[0] * PROBE_HW[1]
 PROBE_KEYS = 352  # pooled keys of the probe's attention (p2-p5 at 800x1333 have 336-352)
 MARGIN = 0.05  # the convolution must be this much faster to be chosen
+# A linear whose probe on PROBE_TOKENS tokens would take more multiply-adds than this (the box head's
+# fc1, 12544 -> 1024: 105 G) is probed on PROBE_ROWS rows laid out as rows_linear lays them out.
+PROBE_MAX_MACS = PROBE_TOKENS * 512 * 512
+PROBE_ROWS = 1024
+# Rows (R, C_in) take the choice from this many multiply-adds (fc1 on 1,000 RoIs: 12.8 G, fc2: 1.07 G).
+MIN_ROWS_MACS = MIN_TOKENS * 256 * 256
+# Batched 3x3 convolutions take the choice from this many maps (PyTorch's own NNPACK threshold); the
+# probe runs PROBE_BATCH_3X3 maps. At 30 maps of 256 x 14 x 14 the two kernels tied here, at 100 NNPACK
+# took 0.73 of oneDNN's time.
+MIN_BATCH_3X3 = 16
+PROBE_BATCH_3X3 = 64
 
 _lock = threading.Lock()
 _choices: Dict[str, str] = {}
@@ -112,16 +140,27 @@ def _special_mode() -> bool:
     return bool(onnx is not None and hasattr(onnx, "is_in_onnx_export") and onnx.is_in_onnx_export())
 
 
-def _applies(x: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 3 and x.is_contiguous()
-            and not _autocast_on() and not _special_mode())
+def _applies(x: Tensor, dim: int = 3) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == dim
+            and (dim != 3 or x.is_contiguous()) and not _autocast_on() and not _special_mode())
 
 
-def _use_conv(kind: str, signature: Tuple[int, ...], tokens: int) -> bool:
+def nnpack_available() -> bool:
+    """Whether this PyTorch build has NNPACK and it initialised on this CPU (which it must be asked
+    before the first NNPACK call)."""
+    try:
+        return bool(torch.backends.nnpack.is_available())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _use_conv(kind: str, signature: Tuple[int, ...], large: bool) -> bool:
+    """Whether to take the convolution: forced by the policy (at any size: tests), else measured for
+    a ``large`` enough product (below the size limits, call overhead dominates and nothing is probed)."""
     policy = _policy()
     if policy != "probe":
-        return policy == "conv"  # forced: at any size (tests)
-    return tokens >= MIN_TOKENS and choose(kind, signature) == "conv"
+        return policy == "conv"
+    return large and choose(kind, signature) == "conv"
 
 
 # --------------------------------------------------------------------------------------------- choice
@@ -165,7 +204,7 @@ def _load_cache() -> None:
     try:
         with open(path) as f:
             stored = json.load(f).get("choices", {})
-        _choices.update({k: v for k, v in stored.items() if v in ("plain", "conv")})
+        _choices.update({k: v for k, v in stored.items() if v in ("plain", "conv")})  # "conv": the alternative
     except (OSError, ValueError):
         pass
 
@@ -197,9 +236,15 @@ def _time(fns: Dict[str, Callable[[], object]], reps: int = 3) -> Dict[str, floa
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _probe_map(cin: int, cout: int) -> Tuple[int, int]:
+    """The (H, W) of a linear's probe: PROBE_HW, or PROBE_ROWS x 1 (as :func:`rows_linear` lays its
+    rows out) where PROBE_HW would take more than PROBE_MAX_MACS multiply-adds."""
+    return PROBE_HW if PROBE_TOKENS * cin * cout <= PROBE_MAX_MACS else (PROBE_ROWS, 1)
+
+
 def _probe_linear(cin: int, cout: int) -> Dict[str, float]:
     g = torch.Generator().manual_seed(0)
-    h, w = PROBE_HW
+    h, w = _probe_map(cin, cout)
     x = torch.randn(1, h * w, cin, generator=g)
     weight, bias = torch.randn(cout, cin, generator=g) * cin ** -0.5, torch.zeros(cout)
     x_map, w4 = x.view(1, h, w, cin).permute(0, 3, 1, 2), weight[:, :, None, None]
@@ -214,8 +259,40 @@ def _probe_attention(dim: int, heads: int) -> Dict[str, float]:
     return _time({"plain": lambda: _attend_sdpa(q, k, v), "conv": lambda: _attend_conv(q, k, v, PROBE_HW)})
 
 
+def _nnpack_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """3x3, stride 1, padding 1 convolution of NCHW ``x`` by NNPACK (NCHW out)."""
+    return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [1, 1])
+
+
+def _probe_conv3x3(cin: int, cout: int, h: int, w: int) -> Dict[str, float]:
+    """oneDNN's and NNPACK's time on PROBE_BATCH_3X3 maps; NNPACK's is infinite where it is missing or
+    less accurate than oneDNN against a float64 reference on the probe (unit-scale outputs)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(PROBE_BATCH_3X3, cin, h, w, generator=g)
+    weight, bias = torch.randn(cout, cin, 3, 3, generator=g) * (9 * cin) ** -0.5, torch.randn(cout, generator=g)
+    x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+    if not nnpack_available():
+        return {"plain": 1.0, "conv": math.inf}
+    exact = F.conv2d(x[:4].double(), weight.double(), bias.double(), padding=1)
+    errors = [(F.conv2d(x_cl[:4], w_cl, bias, padding=1).double() - exact).abs().max().item(),
+              (_nnpack_conv3x3(x[:4], weight, bias).double() - exact).abs().max().item()]
+    times = _time({"plain": lambda: F.conv2d(x_cl, w_cl, bias, padding=1),
+                   "conv": lambda: _nnpack_conv3x3(x, weight, bias)})
+    if errors[1] > max(errors[0], 1e-6):
+        logger.info("NNPACK's 3x3 convolution at %s: max error %.1e, oneDNN's %.1e: not used", (cin, cout, h, w),
+                    errors[1], errors[0])
+        times["conv"] = math.inf
+    return times
+
+
+#: What "conv" names for each kind: the alternative to the plain op.
+ALTERNATIVES = {"linear": "1x1 conv (oneDNN)", "attention": "grouped 1x1 convs (oneDNN)",
+                "conv3x3": "NNPACK's batched convolution"}
+
+
 def choose(kind: str, signature: Tuple[int, ...]) -> str:
-    """"plain" or "conv" for a product ``kind`` ("linear": (in, out); "attention": (C, heads))."""
+    """"plain" or "conv" (the alternative kernel, :data:`ALTERNATIVES`) for a product ``kind``
+    ("linear": (in, out); "attention": (C, heads); "conv3x3": (in, out, H, W))."""
     policy = _policy()
     if policy != "probe":
         return policy
@@ -226,12 +303,13 @@ def choose(kind: str, signature: Tuple[int, ...]) -> str:
         if key in _choices:
             return _choices[key]
         with torch.no_grad():
-            times = _probe_linear(*signature) if kind == "linear" else _probe_attention(*signature)
+            probe = {"linear": _probe_linear, "attention": _probe_attention, "conv3x3": _probe_conv3x3}[kind]
+            times = probe(*signature)
         choice = "conv" if times["conv"] < (1.0 - MARGIN) * times["plain"] else "plain"
         _choices[key] = choice
-        logger.info("MS-Att kernel for %s %s, %d threads: %s (probe on %d tokens: plain %.1f ms, conv %.1f ms)",
-                    kind, signature, torch.get_num_threads(), choice, PROBE_TOKENS, 1e3 * times["plain"],
-                    1e3 * times["conv"])
+        logger.info("CPU kernel for %s %s, %d threads: %s (probe: plain %.1f ms, %s %.1f ms)", kind, signature,
+                    torch.get_num_threads(), "plain" if choice == "plain" else ALTERNATIVES[kind],
+                    1e3 * times["plain"], ALTERNATIVES[kind], 1e3 * times["conv"])
         _save_cache()
         return choice
 
@@ -249,12 +327,93 @@ def token_linear(linear: nn.Linear, x: Tensor, feat_size: Tuple[int, int]) -> Te
     As a 1x1 convolution of the channels-last view where that is the host's faster kernel (see the
     module's doc); the result is contiguous tokens either way, with the same gradients.
     """
-    if _applies(x) and _use_conv("linear", (linear.in_features, linear.out_features), x.shape[1]):
+    if _applies(x) and _use_conv("linear", (linear.in_features, linear.out_features), x.shape[1] >= MIN_TOKENS):
         n, hw, cin = x.shape
         h, w = feat_size
         y = F.conv2d(x.view(n, h, w, cin).permute(0, 3, 1, 2), linear.weight[:, :, None, None], linear.bias)
         return y.permute(0, 2, 3, 1).reshape(n, hw, linear.out_features)  # (N, H*W, C_out), a view
     return linear(x)
+
+
+def rows_linear(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` for rows x of shape (R, C_in) (the box head's flattened RoI features) -> (R, C_out).
+
+    Without autograd, as a 1x1 convolution of the rows viewed as a channels-last (1, C_in, R, 1) map
+    where that is the host's faster kernel (the same choice as :func:`token_linear`'s, per
+    (C_in, C_out)) and the product has at least ``MIN_ROWS_MACS`` multiply-adds; else ``F.linear``.
+    """
+    if x.dim() == 2 and not torch.is_grad_enabled() and _applies(x.unsqueeze(0)):
+        r, cin = x.shape
+        cout = linear.out_features
+        if _use_conv("linear", (cin, cout), r * cin * cout >= MIN_ROWS_MACS):
+            y = F.conv2d(x.view(1, r, 1, cin).permute(0, 3, 1, 2), linear.weight[:, :, None, None], linear.bias)
+            return y.permute(0, 2, 3, 1).reshape(r, cout)  # (R, C_out)
+    return F.linear(x, linear.weight, linear.bias)  # not linear(x): RowsLinear's forward is this function
+
+
+class RowsLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward is :func:`rows_linear`: the same parameters, state_dict and values.
+
+    :func:`afa_d2.runtime.prepare_for_cpu_inference` puts one in place of each fully connected layer of
+    detectron2's box head (:meth:`from_linear` shares the layer's parameters).
+    """
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "RowsLinear":
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.train(linear.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rows_linear(self, x)
+
+
+def _detectron2_conv2d():
+    from detectron2.layers import Conv2d
+
+    return Conv2d
+
+
+class BatchedConv2d(_detectron2_conv2d()):
+    """detectron2's ``Conv2d`` (3x3, stride 1, padding 1) that runs a large batch of maps without
+    autograd through the host's faster kernel: NNPACK where :func:`choose` measured it faster and at
+    least as accurate (``"conv3x3"``), else oneDNN. Norm and activation as detectron2's; the output is
+    NCHW on NNPACK's path (the next layer's convolution takes either layout).
+
+    :func:`afa_d2.runtime.prepare_for_cpu_inference` puts one in place of each such convolution of the
+    mask head and the box head (:meth:`from_conv` shares the layer's parameters and modules).
+    """
+
+    @classmethod
+    def applies_to(cls, conv: nn.Module) -> bool:
+        """A plain 3x3 convolution: torch's or detectron2's ``Conv2d`` exactly (a subclass may compute
+        something else), stride 1, padding 1, no dilation or groups."""
+        return (type(conv) in (nn.Conv2d, _detectron2_conv2d()) and conv.kernel_size == (3, 3)
+                and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.padding_mode == "zeros")
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "BatchedConv2d":
+        new = cls(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None, device="meta",
+                  norm=getattr(conv, "norm", None), activation=getattr(conv, "activation", None))
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not torch.is_grad_enabled() and _applies(x, dim=4) and x.shape[0] >= MIN_BATCH_3X3
+                and _use_conv("conv3x3", (self.in_channels, self.out_channels, x.shape[2], x.shape[3]), True)
+                and nnpack_available()):
+            x = _nnpack_conv3x3(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
+            if self.activation is not None:
+                x = self.activation(x)
+            return x
+        return super().forward(x)
 
 
 def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -295,6 +454,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Tenso
         Tensor of shape (N, H*W, C): ``softmax(Q K^T / sqrt(C/heads)) V``, heads concatenated.
     """
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not grad and _applies(q) and k.dtype == q.dtype and _use_conv("attention", (q.shape[2], k.shape[1]), q.shape[1]):
+    if (not grad and _applies(q) and k.dtype == q.dtype
+            and _use_conv("attention", (q.shape[2], k.shape[1]), q.shape[1] >= MIN_TOKENS)):
         return _attend_conv(q, k, v, feat_size)
     return _attend_sdpa(q, k, v)
