@@ -368,6 +368,7 @@ KERNEL_LIBRARY = {
     "aten::_mkldnn_convolution": "oneDNN convolution",
     "aten::_slow_conv2d_forward": "PyTorch's im2col + GEMM convolution (chosen over oneDNN for small inputs)",
     "aten::_convolution": "convolution dispatch (layout checks, copies)",
+    "aten::_nnpack_spatial_convolution": "NNPACK convolution (the RoI heads' batched 3x3 convs, where chosen)",
     "aten::addmm": "BLAS GEMM (MKL / OpenBLAS)",
     "aten::mm": "BLAS GEMM (MKL / OpenBLAS)",
     "aten::bmm": "BLAS batched GEMM (MKL / OpenBLAS)",
@@ -1078,11 +1079,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
             results[name].update(res)
     add_ratios(results, "sum" if "sum" in results else args.ops[0])
     if args.device == "cpu":
-        from afa_d2.modeling.kernels import choices
+        from afa_d2.modeling.kernels import describe_choices
 
-        print("CPU settings (afa_d2.runtime, AFA_D2_MALLOC): {}; MS-Att kernels (AFA_D2_KERNELS={}): {}".format(
+        print("CPU settings (afa_d2.runtime, AFA_D2_MALLOC): {}; kernels (AFA_D2_KERNELS={}): {}".format(
             "glibc keeps freed memory" if runtime else "glibc's own allocator behaviour",
-            os.environ.get("AFA_D2_KERNELS", "probe"), choices() or "plain (nothing large enough measured)"))
+            os.environ.get("AFA_D2_KERNELS", "probe"), describe_choices() or "plain (nothing large enough measured)"))
     if not args.train_only:
         print(
             "inference: {} {}x{}, batch 1, {} threads, device {}, {} interleaved iters (median, ±half "

@@ -204,6 +204,8 @@ def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
     stored = json.loads(files[0].read_text())["choices"]
     threads = torch.get_num_threads()
     assert stored == {"linear:24x48:t{}".format(threads): "conv", "linear:48x24:t{}".format(threads): "plain"}
+    assert K.describe_choices() == {"linear:24x48:t{}".format(threads): "1x1 conv (oneDNN)",
+                                    "linear:48x24:t{}".format(threads): "plain"}
     # a new process reads the choice instead of probing again
     monkeypatch.setattr(K, "_choices", {})
     monkeypatch.setattr(K, "_loaded_from", None)

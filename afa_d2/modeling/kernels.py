@@ -320,6 +320,12 @@ def choices() -> Dict[str, str]:
         return dict(_choices)
 
 
+def describe_choices() -> Dict[str, str]:
+    """:func:`choices` with each "conv" named (:data:`ALTERNATIVES`): "conv3x3:256x256:14x14:t2" -> "NNPACK's ..."."""
+    return {key: ALTERNATIVES.get(key.split(":")[0], value) if value == "conv" else value
+            for key, value in choices().items()}
+
+
 # --------------------------------------------------------------------------------------------- kernels
 def token_linear(linear: nn.Linear, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
     """``linear(x)`` for tokens x of shape (N, H*W, C_in) on an H x W grid -> (N, H*W, C_out).
