@@ -9,7 +9,8 @@ weights (a path or URL, hash-checked like every afa_d2 load; ``trained=True`` ta
 published checkpoint), resizes as the config's test loader does, and runs the model in eval mode
 without gradients. On the CPU it first calls :func:`afa_d2.runtime.configure_cpu_runtime`
 (glibc keeps freed memory; logged; ``AFA_D2_MALLOC=default`` turns it off) and
-:func:`afa_d2.runtime.prepare_for_cpu_inference` (threaded RoIAlign and NMS, channels-last weights).
+:func:`afa_d2.runtime.prepare_for_cpu_inference` (threaded RoIAlign and NMS, the RoI heads' FC layers
+and 3x3 convolutions on the host's faster kernels, channels-last weights).
 """
 from __future__ import annotations
 

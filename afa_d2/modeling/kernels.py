@@ -273,9 +273,10 @@ def _probe_conv3x3(cin: int, cout: int, h: int, w: int) -> Dict[str, float]:
     x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
     if not nnpack_available():
         return {"plain": 1.0, "conv": math.inf}
-    exact = F.conv2d(x[:4].double(), weight.double(), bias.double(), padding=1)
-    errors = [(F.conv2d(x_cl[:4], w_cl, bias, padding=1).double() - exact).abs().max().item(),
-              (_nnpack_conv3x3(x[:4], weight, bias).double() - exact).abs().max().item()]
+    n = MIN_BATCH_3X3  # the accuracy on the smallest batch it would run
+    exact = F.conv2d(x[:n].double(), weight.double(), bias.double(), padding=1)
+    errors = [(F.conv2d(x_cl[:n], w_cl, bias, padding=1).double() - exact).abs().max().item(),
+              (_nnpack_conv3x3(x[:n], weight, bias).double() - exact).abs().max().item()]
     times = _time({"plain": lambda: F.conv2d(x_cl, w_cl, bias, padding=1),
                    "conv": lambda: _nnpack_conv3x3(x, weight, bias)})
     if errors[1] > max(errors[0], 1e-6):
