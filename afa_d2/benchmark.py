@@ -391,11 +391,14 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     attention through SDPA, as grouped 1x1 convolutions, and as plain GEMMs with a softmax between
     (``bmm``, the score tensor materialised); the softmax alone (no multiply-adds, but the exponentials
     the neck's FLOP count leaves out); and the 3x3 convolution the sum-up neck is made of, the yardstick.
-    CPU only (the convolution attention is a CPU path).
+    Then the RoI heads' products that every operator shares, each way ``prepare_for_cpu_inference`` can
+    take: the box head's fc1 on ``--proposals`` rows (``F.linear``, or the rows as a 1x1 convolution)
+    and one of the mask head's 3x3 convolutions on ``--detections-per-image`` maps of 14 x 14 (oneDNN,
+    or NNPACK where this build has it). CPU only (the convolution attention is a CPU path).
     """
     import torch.nn.functional as F
 
-    from afa_d2.modeling.kernels import _attend_conv, _attend_sdpa
+    from afa_d2.modeling.kernels import _attend_conv, _attend_sdpa, _nnpack_conv3x3, nnpack_available
     from afa_d2.modeling.ms_attention import _pool_output_sizes
 
     if args.device != "cpu":
@@ -429,6 +432,31 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         "attention, bmm + softmax": (attend_bmm, attention_macs, "attention"),
         "softmax alone ({} x {} x {})".format(n, heads, m): (lambda: scores.softmax(-1), 0, "softmax"),
     }
+    shapes = {name: [1, n, c] for name in kernels}  # the p2 products: (1, tokens, channels)
+    # the RoI heads (R-50 FPN defaults: fc1 on 256 x 7 x 7 pooled features; the mask head's 256 x 14 x 14)
+    rows, fc_in, fc_out = args.proposals, 256 * 7 * 7, 1024
+    fc_x = torch.randn(rows, fc_in, generator=g)
+    fc_w, fc_b = torch.randn(fc_out, fc_in, generator=g) * fc_in ** -0.5, torch.randn(fc_out, generator=g)
+    fc_rows = fc_x.view(1, rows, 1, fc_in).permute(0, 3, 1, 2)  # the rows as a channels-last (1, C, R, 1) map
+    fc_macs = rows * fc_in * fc_out
+    kernels["box fc1 {}->{} on {} rows, F.linear (BLAS)".format(fc_in, fc_out, rows)] = (
+        lambda: F.linear(fc_x, fc_w, fc_b), fc_macs, "box fc1")
+    kernels["box fc1 {}->{} on {} rows, 1x1 conv (oneDNN)".format(fc_in, fc_out, rows)] = (
+        lambda: F.conv2d(fc_rows, fc_w[:, :, None, None], fc_b).permute(0, 2, 3, 1).reshape(rows, fc_out),
+        fc_macs, "box fc1")
+    maps = args.detections_per_image
+    mask_x = torch.randn(maps, c, 14, 14, generator=g)
+    mask_w, mask_b = torch.randn(c, c, 3, 3, generator=g) * (9 * c) ** -0.5, torch.randn(c, generator=g)
+    mask_x_cl = mask_x.contiguous(memory_format=torch.channels_last)
+    mask_w_cl = mask_w.contiguous(memory_format=torch.channels_last)
+    mask_macs = maps * 14 * 14 * c * c * 9
+    kernels["mask head 3x3 conv on {} x {} x 14 x 14, oneDNN".format(maps, c)] = (
+        lambda: F.conv2d(mask_x_cl, mask_w_cl, mask_b, padding=1), mask_macs, "mask 3x3")
+    if nnpack_available():
+        kernels["mask head 3x3 conv on {} x {} x 14 x 14, NNPACK".format(maps, c)] = (
+            lambda: _nnpack_conv3x3(mask_x, mask_w, mask_b), mask_macs, "mask 3x3")
+    for name in kernels:
+        shapes.setdefault(name, [rows, fc_in] if "fc1" in name else [maps, c, 14, 14])
     with torch.no_grad():
         first: Dict[str, torch.Tensor] = {}
         for name, (fn, _, product) in kernels.items():
@@ -446,7 +474,7 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         t = statistics.median(times[name])
         results[name] = {"op": name, "product": product, "macs": macs, "latency_s": t,
                          "latency_spread": _spread(times[name]), "gmacs_per_s": macs / 1e9 / t if macs else None,
-                         "tokens": n, "keys": m, "map": [h, w]}
+                         "tokens": n, "keys": m, "map": [h, w], "input": shapes[name]}
     conv_rate = results[conv_name]["gmacs_per_s"]
     for r in results.values():
         r["of_conv3x3"] = r["gmacs_per_s"] / conv_rate if r["gmacs_per_s"] else None

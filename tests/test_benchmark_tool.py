@@ -215,12 +215,16 @@ def test_kernels_mode_times_each_product_every_way_after_checking_they_agree(tmp
         assert r["tokens"] == 32 * 40 and r["keys"] == 2 * 3 + 1 * 2  # p2 32x40; pools of 16: 2x3, of 32: 1x2
         if r["macs"]:
             assert r["gmacs_per_s"] == pytest.approx(r["macs"] / 1e9 / r["latency_s"])
-    assert {k: len(v) for k, v in by_product.items()} == {"conv3x3": 1, "linear": 2, "attention": 3, "softmax": 1}
+    import afa_d2.modeling.kernels as K
+
+    assert {k: len(v) for k, v in by_product.items()} == {
+        "conv3x3": 1, "linear": 2, "attention": 3, "softmax": 1, "box fc1": 2, "mask 3x3": 1 + K.nnpack_available()}
+    fc1 = by_product["box fc1"][0]
+    assert fc1["input"] == [1000, 12544] and fc1["macs"] == 1000 * 12544 * 1024
+    assert by_product["mask 3x3"][0]["input"] == [100, 256, 14, 14]
     assert by_product["conv3x3"][0]["of_conv3x3"] == 1.0
     assert by_product["attention"][0]["macs"] == 2 * 1280 * 8 * 256
     # a kernel that computes something else is refused before anything is timed
-    import afa_d2.modeling.kernels as K
-
     monkeypatch.setattr(K, "_attend_conv", lambda q, k, v, size: torch.zeros_like(q))
     with pytest.raises(AssertionError, match="attention, grouped 1x1 convs: differs from the first attention"):
         benchmark.main(["--kernels", "--height", "128", "--width", "160", "--iters", "1", "--warmup", "0"])
