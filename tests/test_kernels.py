@@ -191,6 +191,7 @@ def test_a_linear_too_large_for_the_token_probe_is_probed_on_rows():
 
 def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path))
+    monkeypatch.delenv("AFA_D2_KERNEL_CACHE", raising=False)  # the default place: $AFA_D2_CACHE/kernels
     monkeypatch.setattr(K, "_choices", {})
     monkeypatch.setattr(K, "_loaded_from", None)
     monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.5})  # conv 2x faster
@@ -214,10 +215,24 @@ def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
         assert K.choose("linear", (24, 48)) == "conv"
 
 
+def test_the_kernel_cache_folder_can_be_moved_and_the_tests_use_their_own(tmp_path, monkeypatch):
+    from afa_d2.model_zoo.hub import cache_root
+
+    assert not K._cache_file().startswith(cache_root())  # this suite's choices stay out of the user's cache
+    monkeypatch.setenv("AFA_D2_KERNEL_CACHE", str(tmp_path / "choices"))
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.5})
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "conv"
+    assert [p.parent.name for p in tmp_path.rglob("*.json")] == ["choices"]
+
+
 def test_a_restricted_instruction_set_is_another_host(tmp_path, monkeypatch):
     """A choice measured with oneDNN / MKL on their full instruction set is not reused when a variable
     restricts them (the kernels' speeds change): the probe runs again, into another cache file."""
     monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path))
+    monkeypatch.delenv("AFA_D2_KERNEL_CACHE", raising=False)  # the default place: $AFA_D2_CACHE/kernels
     for var in K.ISA_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(K, "_choices", {})

@@ -26,7 +26,8 @@ choice is measured: the first time a product of a given shape signature is neede
 whose choice is not cached yet), :func:`choose` times both kernels on a probe of
 ``PROBE_TOKENS`` tokens with the current thread count, keeps the faster (the convolution only when
 it is at least ``MARGIN`` faster), and caches the result in memory and in
-``$AFA_D2_CACHE/kernels/<host>.json`` (the host key: CPU model and flags, torch version, threads),
+``$AFA_D2_CACHE/kernels/<host>.json`` (the folder: ``$AFA_D2_KERNEL_CACHE`` where set; the host key:
+CPU model and flags, torch version, threads),
 so later processes skip the probe. ``AFA_D2_KERNELS`` overrides it: ``probe`` (default), ``plain``
 (always ``F.linear`` / SDPA) or ``conv`` (always the convolutions; tests use it on any host).
 
@@ -189,10 +190,16 @@ def _host_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: Where the choices are kept instead of ``$AFA_D2_CACHE/kernels`` (the test suite points it at a temporary
+#: folder, so that choices measured on a host busy with tests never reach the user's cache).
+KERNEL_CACHE_ENV = "AFA_D2_KERNEL_CACHE"
+
+
 def _cache_file() -> str:
     from afa_d2.model_zoo.hub import cache_root
 
-    return os.path.join(cache_root(), "kernels", "{}.json".format(_host_key()))
+    folder = os.environ.get(KERNEL_CACHE_ENV) or os.path.join(cache_root(), "kernels")
+    return os.path.join(os.path.abspath(os.path.expanduser(folder)), "{}.json".format(_host_key()))
 
 
 def _load_cache() -> None:
