@@ -321,7 +321,8 @@ def test_threaded_roi_align_is_detectron2s_op_bit_for_bit():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 40, 56, generator=g)
     xy = torch.rand(300, 2, generator=g) * torch.tensor([200.0, 140.0])
-    rois = torch.cat([torch.randint(0, 2, (300, 1), generator=g).float(), xy, xy + 4 + 60 * torch.rand(300, 2, generator=g)], 1)
+    wh = 4 + 60 * torch.rand(300, 2, generator=g)
+    rois = torch.cat([torch.randint(0, 2, (300, 1), generator=g).float(), xy, xy + wh], 1)
     plain, threaded = ROIAlign((7, 7), 0.25, 0, aligned=True), ThreadedROIAlign((7, 7), 0.25, 0, aligned=True)
     with torch.no_grad():
         assert torch.equal(threaded(x, rois), plain(x, rois))
