@@ -315,9 +315,11 @@ def choose(kind: str, signature: Tuple[int, ...]) -> str:
             times = probe(*signature)
         choice = "conv" if times["conv"] < (1.0 - MARGIN) * times["plain"] else "plain"
         _choices[key] = choice
-        logger.info("CPU kernel for %s %s, %d threads: %s (probe: plain %.1f ms, %s %.1f ms)", kind, signature,
+        alternative = ("{:.1f} ms".format(1e3 * times["conv"]) if math.isfinite(times["conv"])
+                       else "not timed: missing or less accurate")
+        logger.info("CPU kernel for %s %s, %d threads: %s (probe: plain %.1f ms, %s %s)", kind, signature,
                     torch.get_num_threads(), "plain" if choice == "plain" else ALTERNATIVES[kind],
-                    1e3 * times["plain"], ALTERNATIVES[kind], 1e3 * times["conv"])
+                    1e3 * times["plain"], ALTERNATIVES[kind], alternative)
         _save_cache()
         return choice
 
