@@ -274,12 +274,12 @@ def _nnpack_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
 def _probe_conv3x3(cin: int, cout: int, h: int, w: int) -> Dict[str, float]:
     """oneDNN's and NNPACK's time on PROBE_BATCH_3X3 maps; NNPACK's is infinite where it is missing or
     less accurate than oneDNN against a float64 reference on the probe (unit-scale outputs)."""
+    if not nnpack_available():
+        return {"plain": 1.0, "conv": math.inf}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(PROBE_BATCH_3X3, cin, h, w, generator=g)
     weight, bias = torch.randn(cout, cin, 3, 3, generator=g) * (9 * cin) ** -0.5, torch.randn(cout, generator=g)
     x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
-    if not nnpack_available():
-        return {"plain": 1.0, "conv": math.inf}
     n = MIN_BATCH_3X3  # the accuracy on the smallest batch it would run
     exact = F.conv2d(x[:n].double(), weight.double(), bias.double(), padding=1)
     errors = [(F.conv2d(x_cl[:n], w_cl, bias, padding=1).double() - exact).abs().max().item(),
