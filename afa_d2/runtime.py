@@ -327,9 +327,8 @@ def prepare_for_cpu_inference(model, *, channels_last: bool = True):
     :class:`~afa_d2.modeling.kernels.RowsLinear` and :class:`~afa_d2.modeling.kernels.BatchedConv2d`
     (the host's faster kernels without autograd, the same parameters and state_dict), its forward inside
     :func:`cpu_inference_scope` (threaded per-class NMS, one NCHW copy of each map for the RoIAlign
-    calls; through forward hooks), and with ``channels_last``
-    its weights in channels-last memory format (do that only to a model that is not being trained).
-    Calling it twice is harmless. Returns ``model``."""
+    calls; through forward hooks), and with ``channels_last`` its weights in channels-last memory format
+    (do that only to a model that is not being trained). Calling it twice is harmless. Returns ``model``."""
     import torch
 
     from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead

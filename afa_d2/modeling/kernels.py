@@ -351,6 +351,13 @@ def token_linear(linear: nn.Linear, x: Tensor, feat_size: Tuple[int, int]) -> Te
     return linear(x)
 
 
+def _sharing_parameters(new: nn.Module, layer: nn.Module) -> nn.Module:
+    """``new`` (built on the meta device) holding ``layer``'s own weight and bias, in its train/eval mode."""
+    new.weight = layer.weight
+    new.bias = layer.bias
+    return new.train(layer.training)
+
+
 def rows_linear(linear: nn.Linear, x: Tensor) -> Tensor:
     """``linear(x)`` for rows x of shape (R, C_in) (the box head's flattened RoI features) -> (R, C_out).
 
@@ -376,11 +383,8 @@ class RowsLinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "RowsLinear":
-        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        new.weight = linear.weight
-        new.bias = linear.bias
-        new.train(linear.training)
-        return new
+        return _sharing_parameters(
+            cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"), linear)
 
     def forward(self, x: Tensor) -> Tensor:
         return rows_linear(self, x)
@@ -414,10 +418,7 @@ class BatchedConv2d(_detectron2_conv2d()):
     def from_conv(cls, conv: nn.Conv2d) -> "BatchedConv2d":
         new = cls(conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None, device="meta",
                   norm=getattr(conv, "norm", None), activation=getattr(conv, "activation", None))
-        new.weight = conv.weight
-        new.bias = conv.bias
-        new.train(conv.training)
-        return new
+        return _sharing_parameters(new, conv)
 
     def forward(self, x: Tensor) -> Tensor:
         if (not torch.is_grad_enabled() and _applies(x, dim=4) and x.shape[0] >= MIN_BATCH_3X3
