@@ -394,11 +394,11 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     Then the RoI heads' products that every operator shares, each way ``prepare_for_cpu_inference`` can
     take: the box head's fc1 on ``--proposals`` rows (``F.linear``, or the rows as a 1x1 convolution)
     and one of the mask head's 3x3 convolutions on ``--detections-per-image`` maps of 14 x 14 (oneDNN,
-    or NNPACK where this build has it). CPU only (the convolution attention is a CPU path).
+    or NNPACK where this build has it). The two ways the kernel probe chooses between are its own
+    functions (``afa_d2.modeling.kernels.linear_ways``, ``attention_ways``, ``conv3x3_ways``), the ones
+    the layers call. CPU only (the convolution attention is a CPU path).
     """
-    import torch.nn.functional as F
-
-    from afa_d2.modeling.kernels import _attend_conv, _attend_sdpa, _nnpack_conv3x3, nnpack_available
+    from afa_d2.modeling.kernels import attention_ways, conv3x3_ways, linear_ways
     from afa_d2.modeling.ms_attention import _pool_output_sizes
 
     if args.device != "cpu":
@@ -409,7 +409,6 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     m = sum(a * b for a, b in _pool_output_sizes(h, w, "multi_scale", (16, 32), 7))
     g = torch.Generator().manual_seed(args.seed)
     tokens = torch.randn(1, n, c, generator=g)
-    x_map = tokens.view(1, h, w, c).permute(0, 3, 1, 2)  # channels-last view of the tokens
     w1, b1 = torch.randn(2 * c, c, generator=g) * c ** -0.5, torch.randn(2 * c, generator=g)
     conv3x3, conv3x3_macs = _conv3x3(h, w, torch.device("cpu"), args.seed)
     k, v = (torch.randn(1, heads, m, d, generator=g) for _ in range(2))
@@ -421,40 +420,35 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         return torch.bmm(p, v[0]).transpose(0, 1).reshape(1, n, c)
 
     linear_macs, attention_macs = n * c * 2 * c, 2 * n * m * c
+    # the ways the kernel probe chooses between (afa_d2.modeling.kernels), on p2's shapes
+    linear, attention = linear_ways(tokens, w1, b1, (h, w)), attention_ways(tokens, k, v, (h, w))
     kernels = {  # name -> (function, multiply-adds, product it computes)
         "3x3 conv 256->256 (oneDNN)": (conv3x3, conv3x3_macs, "conv3x3"),
-        "linear 256->512, F.linear (BLAS)": (lambda: F.linear(tokens, w1, b1), linear_macs, "linear"),
-        "linear 256->512, 1x1 conv (oneDNN)": (
-            lambda: F.conv2d(x_map, w1[:, :, None, None], b1).permute(0, 2, 3, 1).reshape(1, n, 2 * c),
-            linear_macs, "linear"),
-        "attention, SDPA": (lambda: _attend_sdpa(tokens, k, v), attention_macs, "attention"),
-        "attention, grouped 1x1 convs": (lambda: _attend_conv(tokens, k, v, (h, w)), attention_macs, "attention"),
+        "linear 256->512, F.linear (BLAS)": (linear["plain"], linear_macs, "linear"),
+        "linear 256->512, 1x1 conv (oneDNN)": (linear["conv"], linear_macs, "linear"),
+        "attention, SDPA": (attention["plain"], attention_macs, "attention"),
+        "attention, grouped 1x1 convs": (attention["conv"], attention_macs, "attention"),
         "attention, bmm + softmax": (attend_bmm, attention_macs, "attention"),
         "softmax alone ({} x {} x {})".format(n, heads, m): (lambda: scores.softmax(-1), 0, "softmax"),
     }
     shapes = {name: [1, n, c] for name in kernels}  # the p2 products: (1, tokens, channels)
     # the RoI heads (R-50 FPN defaults: fc1 on 256 x 7 x 7 pooled features; the mask head's 256 x 14 x 14)
     rows, fc_in, fc_out = args.proposals, 256 * 7 * 7, 1024
-    fc_x = torch.randn(rows, fc_in, generator=g)
     fc_w, fc_b = torch.randn(fc_out, fc_in, generator=g) * fc_in ** -0.5, torch.randn(fc_out, generator=g)
-    fc_rows = fc_x.view(1, rows, 1, fc_in).permute(0, 3, 1, 2)  # the rows as a channels-last (1, C, R, 1) map
+    fc1 = linear_ways(torch.randn(rows, fc_in, generator=g), fc_w, fc_b)
     fc_macs = rows * fc_in * fc_out
     kernels["box fc1 {}->{} on {} rows, F.linear (BLAS)".format(fc_in, fc_out, rows)] = (
-        lambda: F.linear(fc_x, fc_w, fc_b), fc_macs, "box fc1")
+        fc1["plain"], fc_macs, "box fc1")
     kernels["box fc1 {}->{} on {} rows, 1x1 conv (oneDNN)".format(fc_in, fc_out, rows)] = (
-        lambda: F.conv2d(fc_rows, fc_w[:, :, None, None], fc_b).permute(0, 2, 3, 1).reshape(rows, fc_out),
-        fc_macs, "box fc1")
+        fc1["conv"], fc_macs, "box fc1")
     maps = args.detections_per_image
-    mask_x = torch.randn(maps, c, 14, 14, generator=g)
     mask_w, mask_b = torch.randn(c, c, 3, 3, generator=g) * (9 * c) ** -0.5, torch.randn(c, generator=g)
-    mask_x_cl = mask_x.contiguous(memory_format=torch.channels_last)
-    mask_w_cl = mask_w.contiguous(memory_format=torch.channels_last)
+    mask = conv3x3_ways(torch.randn(maps, c, 14, 14, generator=g), mask_w, mask_b)
     mask_macs = maps * 14 * 14 * c * c * 9
-    kernels["mask head 3x3 conv on {} x {} x 14 x 14, oneDNN".format(maps, c)] = (
-        lambda: F.conv2d(mask_x_cl, mask_w_cl, mask_b, padding=1), mask_macs, "mask 3x3")
-    if nnpack_available():
-        kernels["mask head 3x3 conv on {} x {} x 14 x 14, NNPACK".format(maps, c)] = (
-            lambda: _nnpack_conv3x3(mask_x, mask_w, mask_b), mask_macs, "mask 3x3")
+    for way, library in (("plain", "oneDNN"), ("conv", "NNPACK")):
+        if way in mask:  # NNPACK only where this build has it
+            kernels["mask head 3x3 conv on {} x {} x 14 x 14, {}".format(maps, c, library)] = (
+                mask[way], mask_macs, "mask 3x3")
     for name in kernels:
         shapes.setdefault(name, [rows, fc_in] if "fc1" in name else [maps, c, 14, 14])
     with torch.no_grad():

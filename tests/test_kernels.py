@@ -256,6 +256,37 @@ def test_real_probe_measures_both_kernels():
     assert set(times) == {"plain", "conv"} and all(t > 0 for t in times.values())
 
 
+def test_the_probe_times_the_functions_the_layers_run(monkeypatch):
+    """linear_ways / attention_ways / conv3x3_ways: each pair computes the same product, and the probe
+    (like ``tools/benchmark.py --kernels``) times exactly the functions token_linear, rows_linear and
+    attend then call: a kernel broken in the layers is broken in what the probe measures too."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 24)
+    tokens, rows = torch.randn(2, 6 * 7, 16), torch.randn(9, 16)
+    q, k, v = torch.randn(1, 6 * 7, 16), torch.randn(1, 4, 5, 4), torch.randn(1, 4, 5, 4)
+    maps, w3 = torch.randn(3, 8, 5, 6), torch.randn(8, 8, 3, 3) * 0.1
+    with torch.no_grad():
+        for ways in (K.linear_ways(tokens, lin.weight, lin.bias, (6, 7)), K.linear_ways(rows, lin.weight, lin.bias),
+                     K.attention_ways(q, k, v, (6, 7)), K.conv3x3_ways(maps, w3, None)):
+            assert set(ways) == ({"plain", "conv"} if len(ways) == 2 or K.nnpack_available() else {"plain"})
+            values = [fn() for fn in ways.values()]
+            assert all(torch.allclose(x, values[0], atol=1e-5) for x in values[1:])
+    # break the 1x1 convolution of tokens and of rows: the layers and the probe both see it
+    monkeypatch.setattr(K, "_tokens_conv1x1", lambda x, *a: torch.zeros(x.shape[0], x.shape[1], 24))
+    monkeypatch.setattr(K, "_rows_conv1x1", lambda x, *a: torch.zeros(x.shape[0], 24))
+    with torch.no_grad(), kernel_policy("conv"):
+        assert K.token_linear(lin, tokens, (6, 7)).abs().max() == 0
+        assert K.rows_linear(lin, rows).abs().max() == 0
+    assert K.linear_ways(tokens, lin.weight, lin.bias, (6, 7))["conv"]().abs().max() == 0
+    assert K.linear_ways(rows, lin.weight, lin.bias)["conv"]().abs().max() == 0
+    calls = []
+    monkeypatch.setattr(K, "_attend_conv", lambda *a: calls.append("attend") or torch.zeros_like(a[0]))
+    with torch.no_grad(), kernel_policy("conv"):
+        K.attend(q, k, v, (6, 7))
+    K.attention_ways(q, k, v, (6, 7))["conv"]()
+    assert calls == ["attend", "attend"]
+
+
 def test_bad_policy_is_named(monkeypatch):
     monkeypatch.setenv(K.KERNELS_ENV, "fastest")
     with pytest.raises(ValueError, match="AFA_D2_KERNELS='fastest': expected one of"):

@@ -27,9 +27,11 @@ whose choice is not cached yet), :func:`choose` times both kernels on a probe of
 ``PROBE_TOKENS`` tokens with the current thread count, keeps the faster (the convolution only when
 it is at least ``MARGIN`` faster), and caches the result in memory and in
 ``$AFA_D2_CACHE/kernels/<host>.json`` (the folder: ``$AFA_D2_KERNEL_CACHE`` where set; the host key:
-CPU model and flags, torch version, threads),
-so later processes skip the probe. ``AFA_D2_KERNELS`` overrides it: ``probe`` (default), ``plain``
-(always ``F.linear`` / SDPA) or ``conv`` (always the convolutions; tests use it on any host).
+CPU model and flags, torch version, threads), so later processes skip the probe. The probe times the
+functions the layers call, not copies of them: :func:`linear_ways`, :func:`attention_ways` and
+:func:`conv3x3_ways` give both of each pair (to ``tools/benchmark.py --kernels`` too, on the sizes of a
+real image). ``AFA_D2_KERNELS`` overrides the choice: ``probe`` (default), ``plain`` (always
+``F.linear`` / SDPA) or ``conv`` (always the convolutions; tests use it on any host).
 
 The convolutions are only used where they compute the same thing in the same precision: CPU,
 float32, no autocast, not while tracing, scripting, exporting or compiling, contiguous tokens, at
@@ -66,9 +68,12 @@ __all__ = [
     "BatchedConv2d",
     "RowsLinear",
     "attend",
+    "attention_ways",
     "choices",
     "choose",
+    "conv3x3_ways",
     "kernel_policy",
+    "linear_ways",
     "rows_linear",
     "token_linear",
 ]
@@ -252,10 +257,10 @@ def _probe_map(cin: int, cout: int) -> Tuple[int, int]:
 def _probe_linear(cin: int, cout: int) -> Dict[str, float]:
     g = torch.Generator().manual_seed(0)
     h, w = _probe_map(cin, cout)
-    x = torch.randn(1, h * w, cin, generator=g)
     weight, bias = torch.randn(cout, cin, generator=g) * cin ** -0.5, torch.zeros(cout)
-    x_map, w4 = x.view(1, h, w, cin).permute(0, 3, 1, 2), weight[:, :, None, None]
-    return _time({"plain": lambda: F.linear(x, weight, bias), "conv": lambda: F.conv2d(x_map, w4, bias)})
+    if (h, w) == PROBE_HW:
+        return _time(linear_ways(torch.randn(1, h * w, cin, generator=g), weight, bias, (h, w)))
+    return _time(linear_ways(torch.randn(h, cin, generator=g), weight, bias))  # rows
 
 
 def _probe_attention(dim: int, heads: int) -> Dict[str, float]:
@@ -263,7 +268,7 @@ def _probe_attention(dim: int, heads: int) -> Dict[str, float]:
     h, w = PROBE_HW
     q = torch.randn(1, h * w, dim, generator=g)
     k, v = (torch.randn(1, heads, PROBE_KEYS, dim // heads, generator=g) for _ in range(2))
-    return _time({"plain": lambda: _attend_sdpa(q, k, v), "conv": lambda: _attend_conv(q, k, v, PROBE_HW)})
+    return _time(attention_ways(q, k, v, PROBE_HW))
 
 
 def _nnpack_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -279,18 +284,62 @@ def _probe_conv3x3(cin: int, cout: int, h: int, w: int) -> Dict[str, float]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(PROBE_BATCH_3X3, cin, h, w, generator=g)
     weight, bias = torch.randn(cout, cin, 3, 3, generator=g) * (9 * cin) ** -0.5, torch.randn(cout, generator=g)
-    x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
     n = MIN_BATCH_3X3  # the accuracy on the smallest batch it would run
     exact = F.conv2d(x[:n].double(), weight.double(), bias.double(), padding=1)
-    errors = [(F.conv2d(x_cl[:n], w_cl, bias, padding=1).double() - exact).abs().max().item(),
-              (_nnpack_conv3x3(x[:n], weight, bias).double() - exact).abs().max().item()]
-    times = _time({"plain": lambda: F.conv2d(x_cl, w_cl, bias, padding=1),
-                   "conv": lambda: _nnpack_conv3x3(x, weight, bias)})
-    if errors[1] > max(errors[0], 1e-6):
+    errors = {way: (fn().double() - exact).abs().max().item() for way, fn in conv3x3_ways(x[:n], weight, bias).items()}
+    times = _time(conv3x3_ways(x, weight, bias))
+    if errors["conv"] > max(errors["plain"], 1e-6):
         logger.info("NNPACK's 3x3 convolution at %s: max error %.1e, oneDNN's %.1e: not used", (cin, cout, h, w),
-                    errors[1], errors[0])
+                    errors["conv"], errors["plain"])
         times["conv"] = math.inf
     return times
+
+
+# --------------------------------------------------------------------------------------------- the ways
+# Each choice is between two functions of the same inputs: "plain" and "conv" (:data:`ALTERNATIVES`). The
+# probes time these, ``tools/benchmark.py --kernels`` times these, and the model's layers call the same ones.
+def _tokens_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor], feat_size: Tuple[int, int]) -> Tensor:
+    """``F.linear(x, weight, bias)`` of tokens (N, H*W, C_in) as a 1x1 convolution of their channels-last
+    view -> (N, H*W, C_out), a view of the convolution's channels-last output."""
+    n, hw, cin = x.shape
+    h, w = feat_size
+    y = F.conv2d(x.view(n, h, w, cin).permute(0, 3, 1, 2), weight[:, :, None, None], bias)
+    return y.permute(0, 2, 3, 1).reshape(n, hw, weight.shape[0])
+
+
+def _rows_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``F.linear(x, weight, bias)`` of rows (R, C_in) as a 1x1 convolution of the rows viewed as a
+    channels-last (1, C_in, R, 1) map -> (R, C_out)."""
+    r, cin = x.shape
+    y = F.conv2d(x.view(1, r, 1, cin).permute(0, 3, 1, 2), weight[:, :, None, None], bias)
+    return y.permute(0, 2, 3, 1).reshape(r, weight.shape[0])
+
+
+def linear_ways(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                feat_size: Optional[Tuple[int, int]] = None) -> Dict[str, Callable[[], Tensor]]:
+    """``F.linear`` and the 1x1 convolution, on tokens (N, H*W, C_in) of a ``feat_size`` grid, or on rows
+    (R, C_in) where ``feat_size`` is None: {"plain": ..., "conv": ...}, each computing (.., C_out)."""
+    if feat_size is None:
+        conv = lambda: _rows_conv1x1(x, weight, bias)  # noqa: E731
+    else:
+        conv = lambda: _tokens_conv1x1(x, weight, bias, feat_size)  # noqa: E731
+    return {"plain": lambda: F.linear(x, weight, bias), "conv": conv}
+
+
+def attention_ways(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Dict[str, Callable[[], Tensor]]:
+    """SDPA and the grouped 1x1 convolutions (see :func:`attend` for the shapes): {"plain": ..., "conv": ...}."""
+    return {"plain": lambda: _attend_sdpa(q, k, v), "conv": lambda: _attend_conv(q, k, v, feat_size)}
+
+
+def conv3x3_ways(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Callable[[], Tensor]]:
+    """A 3x3, stride 1, padding 1 convolution of a batch of maps (N, C_in, H, W): oneDNN on channels-last
+    copies (made here, not timed; "plain") and NNPACK's batched convolution ("conv", only where this build
+    has NNPACK)."""
+    x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+    ways = {"plain": lambda: F.conv2d(x_cl, w_cl, bias, padding=1)}
+    if nnpack_available():
+        ways["conv"] = lambda: _nnpack_conv3x3(x, weight, bias)
+    return ways
 
 
 #: What "conv" names for each kind: the alternative to the plain op.
@@ -344,10 +393,7 @@ def token_linear(linear: nn.Linear, x: Tensor, feat_size: Tuple[int, int]) -> Te
     module's doc); the result is contiguous tokens either way, with the same gradients.
     """
     if _applies(x) and _use_conv("linear", (linear.in_features, linear.out_features), x.shape[1] >= MIN_TOKENS):
-        n, hw, cin = x.shape
-        h, w = feat_size
-        y = F.conv2d(x.view(n, h, w, cin).permute(0, 3, 1, 2), linear.weight[:, :, None, None], linear.bias)
-        return y.permute(0, 2, 3, 1).reshape(n, hw, linear.out_features)  # (N, H*W, C_out), a view
+        return _tokens_conv1x1(x, linear.weight, linear.bias, feat_size)  # (N, H*W, C_out), a view
     return linear(x)
 
 
@@ -369,8 +415,7 @@ def rows_linear(linear: nn.Linear, x: Tensor) -> Tensor:
         r, cin = x.shape
         cout = linear.out_features
         if _use_conv("linear", (cin, cout), r * cin * cout >= MIN_ROWS_MACS):
-            y = F.conv2d(x.view(1, r, 1, cin).permute(0, 3, 1, 2), linear.weight[:, :, None, None], linear.bias)
-            return y.permute(0, 2, 3, 1).reshape(r, cout)  # (R, C_out)
+            return _rows_conv1x1(x, linear.weight, linear.bias)  # (R, C_out)
     return F.linear(x, linear.weight, linear.bias)  # not linear(x): RowsLinear's forward is this function
 
 
