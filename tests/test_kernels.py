@@ -3,6 +3,7 @@ where they do not apply, are chosen by a cached probe; the allocator setting is 
 what it says."""
 import contextlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -189,14 +190,15 @@ def test_a_linear_too_large_for_the_token_probe_is_probed_on_rows():
     assert K._probe_map(12544, 1024) == (K.PROBE_ROWS, 1) and K.PROBE_ROWS * 8 <= K.PROBE_TOKENS
 
 
-def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
+def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path))
     monkeypatch.delenv("AFA_D2_KERNEL_CACHE", raising=False)  # the default place: $AFA_D2_CACHE/kernels
     monkeypatch.setattr(K, "_choices", {})
     monkeypatch.setattr(K, "_loaded_from", None)
     monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.5})  # conv 2x faster
-    with kernel_policy("probe"):
+    with kernel_policy("probe"), caplog.at_level(logging.INFO, logger=K.__name__):
         assert K.choose("linear", (24, 48)) == "conv"
+    assert "kept in {}, delete it to measure again".format(K._cache_file()) in caplog.text  # the file, by name
     monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 1.0, "conv": 0.97})  # within MARGIN
     with kernel_policy("probe"):
         assert K.choose("linear", (48, 24)) == "plain"
@@ -213,6 +215,13 @@ def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: pytest.fail("probed again"))
     with kernel_policy("probe"):
         assert K.choose("linear", (24, 48)) == "conv"
+    # the file deleted (README, Troubleshooting), the next process measures again
+    files[0].unlink()
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: {"plain": 0.5, "conv": 1.0})
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "plain"
 
 
 def test_the_kernel_cache_folder_can_be_moved_and_the_tests_use_their_own(tmp_path, monkeypatch):

@@ -366,9 +366,10 @@ def choose(kind: str, signature: Tuple[int, ...]) -> str:
         _choices[key] = choice
         alternative = ("{:.1f} ms".format(1e3 * times["conv"]) if math.isfinite(times["conv"])
                        else "not timed: missing or less accurate")
-        logger.info("CPU kernel for %s %s, %d threads: %s (probe: plain %.1f ms, %s %s)", kind, signature,
-                    torch.get_num_threads(), "plain" if choice == "plain" else ALTERNATIVES[kind],
-                    1e3 * times["plain"], ALTERNATIVES[kind], alternative)
+        logger.info("CPU kernel for %s %s, %d threads: %s (probe: plain %.1f ms, %s %s); kept in %s, delete it "
+                    "to measure again", kind, signature, torch.get_num_threads(),
+                    "plain" if choice == "plain" else ALTERNATIVES[kind], 1e3 * times["plain"], ALTERNATIVES[kind],
+                    alternative, _cache_file())
         _save_cache()
         return choice
 
