@@ -21,7 +21,6 @@ between its ``<!-- make_tables:begin tableN -->`` / ``<!-- make_tables:end -->``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -306,18 +305,13 @@ def read_run(run_dir: str) -> RunResult:
     if not os.path.isfile(metrics):
         raise RunError("run folder {} has no metrics.json: pass a train_net.py training run's output folder "
                        "(its train.output_dir), which writes metrics.json as it trains".format(run_dir))
-    last = None
-    with open(metrics) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise RunError("{} line {} is not JSON ({}): a truncated file? re-run the evaluation with "
-                               "train_net.py --eval-only".format(metrics, n, e)) from None
-            if isinstance(row, dict) and "bbox/AP" in row:
-                last = row
+    from afa_d2.engine.runs import read_metrics
+
+    try:
+        rows = read_metrics(metrics)
+    except ValueError as e:
+        raise RunError("{}; re-run the evaluation with train_net.py --eval-only".format(e)) from None
+    last = next((row for row in reversed(rows) if "bbox/AP" in row), None)
     if last is None:
         raise RunError("run folder {}: metrics.json has no evaluation (no line with \"bbox/AP\"): the run has not "
                        "reached an evaluation; let it finish or lower train.eval_period".format(run_dir))

@@ -138,6 +138,40 @@ def _error(capsys, argv):
     return err[0]
 
 
+def test_metrics_json_cut_short_by_a_kill_still_reads_and_a_damaged_one_is_named(tmp_path, caplog):
+    """detectron2 appends one JSON object a line to metrics.json; a run killed mid-write leaves its last line
+    cut short. Everything before that line is whole: the tables and the publisher read it (with a warning);
+    a bad line elsewhere is damage, named by file and line."""
+    import logging
+
+    from afa_d2.engine.runs import read_metrics
+
+    run = _write_run(str(tmp_path / "killed"), R50.format("msca"), [(40.0, 35.0), (41.5, 36.5)])
+    metrics = os.path.join(run, "metrics.json")
+    with open(metrics, "a") as f:
+        f.write('{"iteration": 219, "total_lo')  # the next row, cut short
+    with caplog.at_level(logging.WARNING):
+        rows = read_metrics(metrics)
+    assert len(rows) == 4 and rows[-1]["bbox/AP"] == 41.5
+    assert "the last line (5) is cut short" in caplog.text and metrics in caplog.text
+    result = tables.read_run(run)
+    assert (result.box_AP, result.mask_AP, result.iteration) == (41.5, 36.5, 199)
+    from afa_d2.model_zoo.publish import read_run as publish_read_run
+
+    assert publish_read_run(run)["metrics"] == {"box_AP": 41.5, "box_AP50": 61.5, "mask_AP": 36.5}
+    # damage in the middle, or a line that is not an object: an error naming the line, not a traceback
+    lines = open(metrics).read().split("\n")
+    for bad, what in (('{"iteration": 1', "line 2 is not JSON"), ("[1, 2]", "line 2 is a JSON list")):
+        with open(metrics, "w") as f:
+            f.write("\n".join([lines[0], bad] + lines[2:4]) + "\n")
+        with pytest.raises(ValueError, match=what):
+            read_metrics(metrics)
+        with pytest.raises(tables.RunError, match=what + ".*--eval-only"):
+            tables.read_run(run)
+        with pytest.raises(ValueError, match=what):
+            publish_read_run(run)
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

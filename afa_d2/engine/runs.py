@@ -1,16 +1,55 @@
-"""What the command-line tools that train on the CPU share: a log file, loader workers, timing.
+"""What the command-line tools that train on the CPU share: a log file, loader workers, timing; and
+the one reader of a run's ``metrics.json``.
 
 Used by the demo (``python -m afa_d2.demo``), ``tools/table1_shapes.py`` and
 ``tools/train_model_zoo.py``; ``train_net.py`` logs through detectron2's ``default_setup``.
+:func:`read_metrics` serves ``tools/make_tables.py`` and ``tools/publish_model.py``.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
+from typing import Any, Dict, List
 
-__all__ = ["cpu_loader_workers", "first_test_batches", "log_to_file", "seconds_per_image"]
+__all__ = ["cpu_loader_workers", "first_test_batches", "log_to_file", "read_metrics", "seconds_per_image"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_metrics(path: str) -> List[Dict[str, Any]]:
+    """The rows of a run's ``metrics.json`` (detectron2's ``JSONWriter``: one JSON object per line, appended
+    as the run goes), in order.
+
+    A last line cut short (the run was killed while writing it) is left out with a warning: every row
+    before it is whole. A bad line anywhere else means the file is not such a log, or was damaged.
+
+    Raises:
+        ValueError: naming the file, the line and what was expected.
+    """
+    with open(path) as f:
+        lines = f.read().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines[:last + 1]):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            if i == last and not lines[i + 1:]:  # no newline after it: the write was cut short
+                logger.warning("%s: the last line (%d) is cut short (%s); read the %d rows before it", path,
+                               i + 1, e, len(rows))
+                break
+            raise ValueError("{} line {} is not JSON ({}): expected one JSON object per line, as detectron2's "
+                             "JSONWriter writes metrics.json".format(path, i + 1, e)) from None
+        if not isinstance(row, dict):
+            raise ValueError("{} line {} is a JSON {}, expected one JSON object per line, as detectron2's "
+                             "JSONWriter writes metrics.json".format(path, i + 1, type(row).__name__))
+        rows.append(row)
+    return rows
 
 
 def log_to_file(path: str) -> None:

@@ -112,8 +112,9 @@ def read_run(run_dir: str) -> Dict[str, Any]:
             logger.warning("Could not read %s: %s", config_yaml, e)
     metrics_json = os.path.join(run_dir, "metrics.json")
     if os.path.isfile(metrics_json):
-        with open(metrics_json) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        from afa_d2.engine.runs import read_metrics
+
+        rows = read_metrics(metrics_json)  # ValueError naming the line where it is damaged
         evals = [r for r in rows if "bbox/AP" in r]
         if evals:
             last = evals[-1]
