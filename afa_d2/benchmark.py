@@ -273,6 +273,26 @@ def _reference_conv(padded_size, device: torch.device):
     return _conv3x3(-(-int(padded_size[0]) // 8), -(-int(padded_size[1]) // 8), device)
 
 
+def _p2_attention(padded_hw, seed: int = 0):
+    """MS-Att's largest attention on random inputs: p2 (stride 4) of an input padded to ``padded_hw``, 256
+    channels, 4 heads, the multi-scale pooled keys of pool stride 16 (the R-50 configs' p2).
+
+    Returns (q tokens (1, H*W, 256), k, v (1, 4, M, 64), (H, W), multiply-adds of QK^T and PV)."""
+    from afa_d2.modeling.ms_attention import _pool_output_sizes
+
+    h, w = (-(-int(size) // 4) for size in padded_hw)
+    c, heads = 256, 4
+    m = sum(a * b for a, b in _pool_output_sizes(h, w, "multi_scale", (16, 32), 7))
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(1, h * w, c, generator=g)
+    k, v = (torch.randn(1, heads, m, c // heads, generator=g) for _ in range(2))
+    return tokens, k, v, (h, w), 2 * h * w * m * c
+
+
+#: Names of the attention kernels timed among the necks for the floor (removed from the results).
+_FLOOR_ATTENTION = "floor: attention, {}"
+
+
 def measure_inference(
     names: Sequence[str],
     args: argparse.Namespace,
@@ -344,8 +364,17 @@ def measure_inference(
             model_fns[name] = run_model
         reference_conv, reference_macs = _reference_conv(images.tensor.shape[-2:], device)
         neck_fns[REFERENCE_CONV] = reference_conv  # timed among the necks, under the same conditions
+        floor_fns: Dict[str, Any] = {}
+        if device.type == "cpu" and "sum" in results and any(r["neck_sdpa_flops"] for r in results.values()):
+            from afa_d2.modeling.kernels import attention_ways
+
+            q, k, v, p2_hw, attention_macs = _p2_attention(images.tensor.shape[-2:], args.seed)
+            floor_fns = {_FLOOR_ATTENTION.format(way): fn for way, fn in attention_ways(q, k, v, p2_hw).items()}
+            neck_fns.update(floor_fns)
         neck_times = time_interleaved(neck_fns, args.iters, args.warmup, device)
         conv_rate = reference_macs / 1e9 / statistics.median(neck_times.pop(REFERENCE_CONV))
+        attention_rate = max((attention_macs / 1e9 / statistics.median(neck_times.pop(name)) for name in floor_fns),
+                             default=None)
         model_times = time_interleaved(model_fns, args.iters, args.warmup, device)
     for name, res in results.items():
         res["neck_latency_s"] = statistics.median(neck_times[name])
@@ -356,6 +385,8 @@ def measure_inference(
         res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
         res["reference_conv_gmacs_per_s"] = conv_rate
         res["neck_of_reference_conv"] = res["neck_gflops_per_s"] / conv_rate
+    if attention_rate:
+        add_floor(results, conv_rate, attention_rate)
     for model in models.values():
         use_reference_path(model, False)
     return results
@@ -399,19 +430,16 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     the layers call. CPU only (the convolution attention is a CPU path).
     """
     from afa_d2.modeling.kernels import attention_ways, conv3x3_ways, linear_ways
-    from afa_d2.modeling.ms_attention import _pool_output_sizes
 
     if args.device != "cpu":
         raise ValueError("--kernels measures the CPU kernels (got --device {})".format(args.device))
-    h, w = (-(-size // 32) * 8 for size in (args.height, args.width))  # p2 of the padded input
-    n, c, heads = h * w, 256, 4
+    padded = [-(-size // 32) * 32 for size in (args.height, args.width)]
+    tokens, k, v, (h, w), attention_macs = _p2_attention(padded, args.seed)  # p2 of the padded input
+    n, c, heads, m = h * w, tokens.shape[2], k.shape[1], k.shape[2]
     d = c // heads
-    m = sum(a * b for a, b in _pool_output_sizes(h, w, "multi_scale", (16, 32), 7))
-    g = torch.Generator().manual_seed(args.seed)
-    tokens = torch.randn(1, n, c, generator=g)
+    g = torch.Generator().manual_seed(args.seed + 1)
     w1, b1 = torch.randn(2 * c, c, generator=g) * c ** -0.5, torch.randn(2 * c, generator=g)
     conv3x3, conv3x3_macs = _conv3x3(h, w, torch.device("cpu"), args.seed)
-    k, v = (torch.randn(1, heads, m, d, generator=g) for _ in range(2))
     scores = torch.randn(n, heads, m, generator=g)
 
     def attend_bmm():
@@ -419,7 +447,7 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         p = torch.bmm(q, k[0].transpose(1, 2) * d ** -0.5).softmax(-1)  # (heads, N, M)
         return torch.bmm(p, v[0]).transpose(0, 1).reshape(1, n, c)
 
-    linear_macs, attention_macs = n * c * 2 * c, 2 * n * m * c
+    linear_macs = n * c * 2 * c
     # the ways the kernel probe chooses between (afa_d2.modeling.kernels), on p2's shapes
     linear, attention = linear_ways(tokens, w1, b1, (h, w)), attention_ways(tokens, k, v, (h, w))
     kernels = {  # name -> (function, multiply-adds, product it computes)
@@ -904,6 +932,22 @@ def _ratio(value: Optional[float], ref: Optional[float]) -> Optional[float]:
     return value / ref
 
 
+def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: float, attention_rate: float) -> None:
+    """The least each attention variant's whole model can take on this host, as a ratio to "sum"'s measured
+    time: sum's time plus the neck's extra multiply-adds at the best rates timed here, attention's at
+    ``attention_rate`` (the faster of SDPA and the grouped 1x1 convolutions on p2, GMAC/s) and the rest
+    (token linears, pooled K/V, depth-wise conv) at ``conv_rate`` (the 3x3 convolution's); work without
+    multiply-adds (LayerNorm, GELU, resizes, adds) counted as free. What goal 1 of issue #12 can reach here.
+    """
+    base = results["sum"]
+    for r in results.values():
+        if r.get("neck_sdpa_flops"):
+            other = max(0, r["neck_flops"] - r["neck_sdpa_flops"] - base["neck_flops"])
+            extra_s = r["neck_sdpa_flops"] / 1e9 / attention_rate + other / 1e9 / conv_rate
+            r["attention_gmacs_per_s"] = attention_rate
+            r["model_floor_ratio"] = (base["model_latency_s"] + extra_s) / base["model_latency_s"]
+
+
 def add_ratios(results: Dict[str, Dict[str, Any]], ref_op: str) -> None:
     keys = ["neck_params", "model_params", "neck_flops", "model_flops", "neck_latency_s",
             "model_latency_s", "neck_gflops_per_s", "train_step_s", "train_peak_mem_bytes"]
@@ -950,6 +994,8 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         ("of 3x3 conv", lambda r: "{:.2f}".format(r["neck_of_reference_conv"]), "neck_of_reference_conv"),
         ("model ms", num("model_latency_s", 1e-3, 1), "model_latency_s"),
         ("props/dets", props, "model_latency_s"),
+        ("floor", lambda r: "x{:.2f}".format(r["model_floor_ratio"]) if "model_floor_ratio" in r else "-",
+         "model_floor_ratio"),
         ("train step ms", num("train_step_s", 1e-3, 1), "train_step_s"),
         ("train peak MiB", num("train_peak_mem_bytes", 2 ** 20, 1), "train_peak_mem_bytes"),
     ]
@@ -1118,6 +1164,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
             print("this host's convolution rate, timed among the necks: a 256->256 3x3 conv of the p3-sized map "
                   "(channels-last) ran at {:.1f} GMAC/s; \"of 3x3 conv\" = neck GFLOP/s over it ({})".format(
                       rate, format_build_info()))
+        attention_rate = next((r["attention_gmacs_per_s"] for r in results.values() if "attention_gmacs_per_s" in r),
+                              None)
+        if attention_rate:
+            print("\"floor\": the least the whole model can take here, as a ratio to sum's time: the neck's extra "
+                  "multiply-adds at this host's best rates, attention at {:.1f} GMAC/s (the faster of SDPA and "
+                  "the grouped 1x1 convs, timed on p2 among the necks), the rest at the 3x3 conv's; LayerNorm, "
+                  "GELU, resizes and adds counted as free".format(attention_rate))
     if args.train:
         print(
             "training: {}, {} threads, device {}; a fresh process per variant and round, {} round(s) "

@@ -67,6 +67,23 @@ def test_tiny_side_by_side_run(tmp_path, capsys):
     for r in (s, m):
         assert r["neck_of_reference_conv"] == pytest.approx(r["neck_gflops_per_s"] / r["reference_conv_gmacs_per_s"])
     assert "of 3x3 conv" in table and "GMAC/s" in table
+    # the floor of goal 1: sum's time plus the neck's extra multiply-adds at the best rates timed in this run
+    assert "model_floor_ratio" not in s and m["attention_gmacs_per_s"] > 0
+    extra = ((m["neck_flops"] - m["neck_sdpa_flops"] - s["neck_flops"]) / s["reference_conv_gmacs_per_s"]
+             + m["neck_sdpa_flops"] / m["attention_gmacs_per_s"]) / 1e9
+    assert m["model_floor_ratio"] == pytest.approx(1 + extra / s["model_latency_s"]) and m["model_floor_ratio"] > 1
+    assert "floor" in table and "x{:.2f}".format(m["model_floor_ratio"]) in table and "the faster of SDPA" in table
+    assert not any(name.startswith("floor:") for name in saved)  # its kernels are timed, not reported as variants
+
+
+def test_floor_counts_attention_and_the_other_extra_work_at_their_rates():
+    results = {"sum": {"neck_flops": 60e9, "neck_sdpa_flops": 0, "model_latency_s": 3.0},
+               "mssa": {"neck_flops": 112e9, "neck_sdpa_flops": 16e9, "model_latency_s": 3.8},
+               "concat": {"neck_flops": 72e9, "neck_sdpa_flops": 0, "model_latency_s": 3.1}}
+    benchmark.add_floor(results, conv_rate=100.0, attention_rate=80.0)
+    # 16 G of attention at 80 GMAC/s (0.2 s) + 36 G at 100 GMAC/s (0.36 s) on sum's 3.0 s
+    assert results["mssa"]["model_floor_ratio"] == pytest.approx((3.0 + 0.2 + 0.36) / 3.0)
+    assert "model_floor_ratio" not in results["sum"] and "model_floor_ratio" not in results["concat"]
 
 
 def test_reference_variants_and_interleaved_timing():
