@@ -209,12 +209,14 @@ def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch, caplo
     assert stored == {"linear:24x48:t{}".format(threads): "conv", "linear:48x24:t{}".format(threads): "plain"}
     assert K.describe_choices() == {"linear:24x48:t{}".format(threads): "1x1 conv (oneDNN)",
                                     "linear:48x24:t{}".format(threads): "plain"}
-    # a new process reads the choice instead of probing again
+    # a new process reads the choice instead of probing again, and describes only what it used
     monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_used", set())
     monkeypatch.setattr(K, "_loaded_from", None)
     monkeypatch.setattr(K, "_probe_linear", lambda cin, cout: pytest.fail("probed again"))
     with kernel_policy("probe"):
         assert K.choose("linear", (24, 48)) == "conv"
+    assert len(K.choices()) == 2 and K.describe_choices() == {"linear:24x48:t{}".format(threads): "1x1 conv (oneDNN)"}
     # the file deleted (README, Troubleshooting), the next process measures again
     files[0].unlink()
     monkeypatch.setattr(K, "_choices", {})

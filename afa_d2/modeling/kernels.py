@@ -101,6 +101,7 @@ PROBE_BATCH_3X3 = 64
 
 _lock = threading.Lock()
 _choices: Dict[str, str] = {}
+_used: set = set()  # the keys this process asked for (the cache file may hold others)
 _loaded_from: Optional[str] = None
 _policy_override: Optional[str] = None
 
@@ -357,6 +358,7 @@ def choose(kind: str, signature: Tuple[int, ...]) -> str:
     with _lock:
         if key not in _choices:
             _load_cache()
+        _used.add(key)
         if key in _choices:
             return _choices[key]
         with torch.no_grad():
@@ -381,9 +383,12 @@ def choices() -> Dict[str, str]:
 
 
 def describe_choices() -> Dict[str, str]:
-    """:func:`choices` with each "conv" named (:data:`ALTERNATIVES`): "conv3x3:256x256:14x14:t2" -> "NNPACK's ..."."""
+    """The choices this process used (not every one the host's cache file holds), each "conv" named
+    (:data:`ALTERNATIVES`): "conv3x3:256x256:14x14:t2" -> "NNPACK's batched convolution"."""
+    with _lock:
+        used = {key: _choices[key] for key in sorted(_used) if key in _choices}
     return {key: ALTERNATIVES.get(key.split(":")[0], value) if value == "conv" else value
-            for key, value in choices().items()}
+            for key, value in used.items()}
 
 
 # --------------------------------------------------------------------------------------------- kernels
