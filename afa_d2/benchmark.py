@@ -450,38 +450,33 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     linear_macs = n * c * 2 * c
     # the ways the kernel probe chooses between (afa_d2.modeling.kernels), on p2's shapes
     linear, attention = linear_ways(tokens, w1, b1, (h, w)), attention_ways(tokens, k, v, (h, w))
-    kernels = {  # name -> (function, multiply-adds, product it computes)
-        "3x3 conv 256->256 (oneDNN)": (conv3x3, conv3x3_macs, "conv3x3"),
-        "linear 256->512, F.linear (BLAS)": (linear["plain"], linear_macs, "linear"),
-        "linear 256->512, 1x1 conv (oneDNN)": (linear["conv"], linear_macs, "linear"),
-        "attention, SDPA": (attention["plain"], attention_macs, "attention"),
-        "attention, grouped 1x1 convs": (attention["conv"], attention_macs, "attention"),
-        "attention, bmm + softmax": (attend_bmm, attention_macs, "attention"),
-        "softmax alone ({} x {} x {})".format(n, heads, m): (lambda: scores.softmax(-1), 0, "softmax"),
+    p2 = [1, n, c]  # the p2 products' input: (1, tokens, channels)
+    kernels = {  # name -> (function, multiply-adds, product it computes, its input's shape)
+        "3x3 conv 256->256 (oneDNN)": (conv3x3, conv3x3_macs, "conv3x3", p2),
+        "linear 256->512, F.linear (BLAS)": (linear["plain"], linear_macs, "linear", p2),
+        "linear 256->512, 1x1 conv (oneDNN)": (linear["conv"], linear_macs, "linear", p2),
+        "attention, SDPA": (attention["plain"], attention_macs, "attention", p2),
+        "attention, grouped 1x1 convs": (attention["conv"], attention_macs, "attention", p2),
+        "attention, bmm + softmax": (attend_bmm, attention_macs, "attention", p2),
+        "softmax alone ({} x {} x {})".format(n, heads, m): (lambda: scores.softmax(-1), 0, "softmax", p2),
     }
-    shapes = {name: [1, n, c] for name in kernels}  # the p2 products: (1, tokens, channels)
     # the RoI heads (R-50 FPN defaults: fc1 on 256 x 7 x 7 pooled features; the mask head's 256 x 14 x 14)
     rows, fc_in, fc_out = args.proposals, 256 * 7 * 7, 1024
     fc_w, fc_b = torch.randn(fc_out, fc_in, generator=g) * fc_in ** -0.5, torch.randn(fc_out, generator=g)
     fc1 = linear_ways(torch.randn(rows, fc_in, generator=g), fc_w, fc_b)
-    fc_macs = rows * fc_in * fc_out
-    kernels["box fc1 {}->{} on {} rows, F.linear (BLAS)".format(fc_in, fc_out, rows)] = (
-        fc1["plain"], fc_macs, "box fc1")
-    kernels["box fc1 {}->{} on {} rows, 1x1 conv (oneDNN)".format(fc_in, fc_out, rows)] = (
-        fc1["conv"], fc_macs, "box fc1")
+    for way, what in (("plain", "F.linear (BLAS)"), ("conv", "1x1 conv (oneDNN)")):
+        kernels["box fc1 {}->{} on {} rows, {}".format(fc_in, fc_out, rows, what)] = (
+            fc1[way], rows * fc_in * fc_out, "box fc1", [rows, fc_in])
     maps = args.detections_per_image
     mask_w, mask_b = torch.randn(c, c, 3, 3, generator=g) * (9 * c) ** -0.5, torch.randn(c, generator=g)
     mask = conv3x3_ways(torch.randn(maps, c, 14, 14, generator=g), mask_w, mask_b)
-    mask_macs = maps * 14 * 14 * c * c * 9
     for way, library in (("plain", "oneDNN"), ("conv", "NNPACK")):
         if way in mask:  # NNPACK only where this build has it
             kernels["mask head 3x3 conv on {} x {} x 14 x 14, {}".format(maps, c, library)] = (
-                mask[way], mask_macs, "mask 3x3")
-    for name in kernels:
-        shapes.setdefault(name, [rows, fc_in] if "fc1" in name else [maps, c, 14, 14])
+                mask[way], maps * 14 * 14 * c * c * 9, "mask 3x3", [maps, c, 14, 14])
     with torch.no_grad():
         first: Dict[str, torch.Tensor] = {}
-        for name, (fn, _, product) in kernels.items():
+        for name, (fn, _, product, _) in kernels.items():
             out = fn()
             if product in first and not torch.allclose(out, first[product], rtol=1e-4, atol=1e-4):
                 raise AssertionError("{}: differs from the first {} kernel by {:.2e}; the rates would not "
@@ -492,11 +487,11 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
                                  torch.device("cpu"))
     conv_name = next(iter(kernels))
     results: Dict[str, Dict[str, Any]] = {}
-    for name, (_, macs, product) in kernels.items():
+    for name, (_, macs, product, input_shape) in kernels.items():
         t = statistics.median(times[name])
         results[name] = {"op": name, "product": product, "macs": macs, "latency_s": t,
                          "latency_spread": _spread(times[name]), "gmacs_per_s": macs / 1e9 / t if macs else None,
-                         "tokens": n, "keys": m, "map": [h, w], "input": shapes[name]}
+                         "tokens": n, "keys": m, "map": [h, w], "input": input_shape}
     conv_rate = results[conv_name]["gmacs_per_s"]
     for r in results.values():
         r["of_conv3x3"] = r["gmacs_per_s"] / conv_rate if r["gmacs_per_s"] else None
