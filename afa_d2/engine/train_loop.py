@@ -27,6 +27,7 @@ from .deadline import ResizableLoopMixin, TimeBudget
 from .evaluation import do_test
 from .hooks import GradientClipper, MetricWriters, PeakMemory, PeriodicEvaluation, ProgressBar, SamplerState, StepSeeder
 from .schedule import EpochStepMultiplier
+from .seeding import instantiate_seeded
 
 __all__ = ["default_setup", "do_train", "trainer_class"]
 
@@ -97,7 +98,9 @@ def do_train(
     if cfg.train.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    model = instantiate(cfg.model)
+    # with a seed, each part of the model starts from its own stream: two models that differ in one part
+    # (the pyramid's operator) start with the same other parts (docs/DESIGN.md, "Paired initialisation")
+    model = instantiate_seeded(cfg.model, seed) if seed is not None and seed >= 0 else instantiate(cfg.model)
     model.to(device)
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model

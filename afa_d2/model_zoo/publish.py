@@ -35,6 +35,7 @@ from .zoo import INDEX_NAME
 
 __all__ = [
     "METADATA_KEY",
+    "provenance",
     "publish_checkpoint",
     "read_metadata",
     "read_run",
@@ -82,6 +83,12 @@ def _versions() -> Dict[str, str]:
 
     return {"afa_d2": afa_d2.__version__, "detectron2": str(getattr(detectron2, "__version__", "?")),
             "torch": str(torch.__version__)}
+
+
+def provenance() -> Dict[str, Any]:
+    """Where a result comes from: the afa_d2 commit, the CPU, the CPU count and the library versions."""
+    return {"git_commit": _git_commit(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "versions": _versions()}
 
 
 def describe_config(cfg) -> Dict[str, Any]:

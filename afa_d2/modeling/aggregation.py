@@ -47,7 +47,9 @@ __all__ = [
     "ConcatAggregation",
     "MSSAAggregation",
     "MSCAAggregation",
+    "baseline_operator",
     "build_aggregation",
+    "operator_label",
     "resize_to",
     "use_checkpoint_mlp",
     "use_reference_path",
@@ -91,6 +93,10 @@ class Aggregation(nn.Module):
 
     default_upsample_mode = "nearest"
     uses_attention = False
+    #: how tables and plots name the operator
+    label = ""
+    #: the operator the others are compared against (FPN's sum)
+    is_baseline = False
 
     def __init__(self, upsample_mode: Optional[str] = None):
         super().__init__()
@@ -138,6 +144,10 @@ class SumAggregation(Aggregation):
         start_as_fpn (bool): accepted for the common interface; the sum is FPN's already.
     """
 
+    label = "sum-up (FPN)"
+    is_baseline = True
+
+
     def __init__(self, upsample_mode: Optional[str] = None, *, start_as_fpn: bool = False):
         super().__init__(upsample_mode)
         _check_start_as_fpn(start_as_fpn)
@@ -162,6 +172,9 @@ class ConcatAggregation(Aggregation):
         start_as_fpn (bool): start as FPN's sum: fuse weight ``[I | I]``, bias 0 (ValueError with
             a ``norm``).
     """
+
+    label = "concat (FPN-cat)"
+
 
     def __init__(
         self,
@@ -259,6 +272,9 @@ class MSSAAggregation(_AttentionAggregation):
     ``start_as_fpn`` (:meth:`init_as_sum` at construction).
     """
 
+    label = "MSSA"
+
+
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if top_down is None:
             return self.attn(lateral)  # eq. (2)
@@ -283,6 +299,9 @@ class MSCAAggregation(_AttentionAggregation):
     Top level: ``P = F + MS-Att(F, F)``. Args as :class:`MSAttention`, plus ``upsample_mode``;
     ``start_as_fpn=True`` raises ValueError (:data:`MSCA_CANNOT_START_AS_SUM`).
     """
+
+    label = "MSCA"
+
 
     can_start_as_sum = False
 
@@ -336,6 +355,17 @@ AGGREGATION_OPS: Dict[str, Type[Aggregation]] = {
     "mssa": MSSAAggregation,
     "msca": MSCAAggregation,
 }
+
+
+def baseline_operator() -> str:
+    """The registry name of the operator the others are compared against (FPN's sum)."""
+    return next(name for name, cls in AGGREGATION_OPS.items() if cls.is_baseline)
+
+
+def operator_label(name: str) -> str:
+    """How tables name the operator ``name`` of :data:`AGGREGATION_OPS` (the name itself if unknown)."""
+    cls = AGGREGATION_OPS.get(name)
+    return cls.label if cls is not None and cls.label else name
 
 
 def build_aggregation(

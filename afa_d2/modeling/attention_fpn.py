@@ -202,11 +202,13 @@ class AttentionFPN(Backbone):
         if not isinstance(square_pad, int) or square_pad < 0:
             raise ValueError("square_pad must be an int >= 0, got {!r}".format(square_pad))
 
-        # ---- modules, named as detectron2's FPN names them
+        # ---- modules, named as detectron2's FPN names them. The convolutions every operator has are
+        # built first, the operators after them: with the same random state, two pyramids that differ
+        # only in their operators start with the same lateral and output convolutions
+        # (docs/DESIGN.md, "Paired initialisation").
         use_bias = norm == ""
-        lateral_convs, output_convs, aggregations = [], [], []
-        for idx, (c_in, stride) in enumerate(zip(in_channels, strides)):
-            stage = int(math.log2(stride))
+        lateral_convs, output_convs = [], []
+        for c_in in in_channels:
             lateral_conv = Conv2d(
                 c_in, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels)
             )
@@ -221,7 +223,10 @@ class AttentionFPN(Backbone):
             )
             weight_init.c2_xavier_fill(lateral_conv)
             weight_init.c2_xavier_fill(output_conv)
-            agg = build_aggregation(
+            lateral_convs.append(lateral_conv)
+            output_convs.append(output_conv)
+        aggregations = [
+            build_aggregation(
                 ops[levels[idx]],
                 out_channels,
                 norm=norm,
@@ -235,12 +240,14 @@ class AttentionFPN(Backbone):
                 top=idx == len(in_channels) - 1,
                 start_as_fpn=start_as_fpn,
             )
+            for idx in range(len(in_channels))
+        ]
+        # registered per level in FPN's order (the parameters' order, which an optimizer state follows)
+        for stride, lateral_conv, output_conv, agg in zip(strides, lateral_convs, output_convs, aggregations):
+            stage = int(math.log2(stride))
             self.add_module("fpn_lateral{}".format(stage), lateral_conv)
             self.add_module("fpn_output{}".format(stage), output_conv)
             self.add_module("fpn_aggregation{}".format(stage), agg)
-            lateral_convs.append(lateral_conv)
-            output_convs.append(output_conv)
-            aggregations.append(agg)
         # top-down order (low to high resolution); plain lists, the modules are registered above
         self.lateral_convs = lateral_convs[::-1]
         self.output_convs = output_convs[::-1]
