@@ -30,7 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
 ALL_PY = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.py"), recursive=True))
 RECIPES = sorted(p for p in ALL_PY if os.sep + "common" + os.sep not in p and os.sep + "finetune" + os.sep not in p)
-FINETUNE = sorted(p for p in ALL_PY if os.sep + "finetune" + os.sep in p)
+FINETUNE = sorted(p for p in ALL_PY if os.sep + os.path.join("COCO", "finetune") + os.sep in p)
+SHAPES_FINETUNE = sorted(p for p in ALL_PY if os.sep + os.path.join("shapes", "finetune") + os.sep in p)
 YAML = os.path.join(CONFIG_DIR, "shapes", "mask_rcnn_R_18_msca.yaml")
 
 # SPEC §6: one config per row of the paper's tables (paths under configs/).
@@ -416,3 +417,40 @@ def test_finetune_config_starts_from_detectron2_fpn(path):
     assert all(abs(lrs[n] - 1e-5) < 1e-12 for n in lrs if n not in new)
     assert all(wds[n] == 0.0 for n in lrs if n.endswith(".bias") or ".norm" in n)
     assert wds["backbone.fpn_lateral2.weight"] == 0.05
+
+
+@pytest.mark.parametrize("path", SHAPES_FINETUNE, ids=_rel)
+def test_shapes_finetune_config_continues_a_trained_sum_model(path):
+    """The study's fine-tuning configs: a trained shapes sum-up model loads with only the operator's blocks
+    new; MSSA and concat then compute exactly what it computed (nearest Up), MSCA starts fresh; the new
+    blocks train at the shapes lr, the loaded weights at a tenth; the lr decays after two thirds."""
+    from afa_d2.solver import finetune_param_groups
+
+    op = _stem(path).split("_")[4]
+    cfg = load(path)
+    base = load(os.path.join(CONFIG_DIR, "shapes", "mask_rcnn_R_18_sum.py"))
+    assert cfg.model.backbone.aggregation == op and cfg.train.init_checkpoint == ""
+    assert cfg.model.backbone.get("start_as_fpn", False) == (op in ("mssa", "concat"))
+    assert [float(e) / float(cfg.train.epochs) for e in cfg.lr_multiplier.decay_epochs] == [pytest.approx(2 / 3)]
+    torch.manual_seed(0)
+    trained = instantiate(base.model).eval()
+    with torch.no_grad():  # a "trained" model: every weight moved away from its initialisation
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model = instantiate(cfg.model).eval()
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("backbone.fpn_aggregation") for k in missing)
+    assert bool(missing) == (op != "sum")  # sum-up has no block of its own
+    x = torch.rand(1, 3, 96, 131) * 255
+    with torch.no_grad():
+        want, got = trained.backbone(x), model.backbone(x)
+    for level in want:
+        same = torch.allclose(got[level], want[level], atol=1e-5)
+        assert same == (op != "msca"), "{} at {}: start {} the sum-up model".format(
+            op, level, "differs from" if op != "msca" else "equals")
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    assert cfg.optimizer.params._target_ is finetune_param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(lr == pytest.approx(1e-3 if n.startswith("backbone.fpn_aggregation") else 1e-4) for n, lr in lrs.items())

@@ -1,7 +1,7 @@
 """What the command-line tools that train on the CPU share: a log file, loader workers, timing; and
 the one reader of a run's ``metrics.json``.
 
-Used by the demo (``python -m afa_d2.demo``), ``tools/table1_shapes.py`` and
+Used by the demo (``python -m afa_d2.demo``), the operator study (``afa_d2.study``) and
 ``tools/train_model_zoo.py``; ``train_net.py`` logs through detectron2's ``default_setup``.
 :func:`read_metrics` serves ``tools/make_tables.py`` and ``tools/publish_model.py``.
 """

@@ -40,6 +40,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-val", type=int, default=None, help="shapes_val images (default 200)")
     p.add_argument("--threads", type=int, default=None, help="torch threads a run (default 1; part of the recipe)")
     p.add_argument("--report", action="store_true", help="only rewrite study.md / study.png from study.json")
+    p.add_argument("--time", action="store_true",
+                   help="time every arm side by side in this process (inference per image, training step), on a "
+                        "quiet host; recorded in study.json (trains nothing)")
     p.add_argument("--publish", action="store_true",
                    help="copy study.json / .md / .png to docs/studies/<name>/ and write the tables into the "
                         "READMEs between their study markers (trains nothing)")
@@ -97,10 +100,18 @@ def _run(args) -> int:
     from .publish import publish
     from .runner import load_study, run_study, write_study
 
-    if args.publish or args.report:
+    if args.publish or args.report or args.time:
         study = load_study(args.output_dir)
         if study is None:
             raise StudyRunError("{} holds no study.json".format(os.path.abspath(args.output_dir)))
+        if args.time:
+            from afa_d2.model_zoo.publish import provenance
+
+            from .cost import measure_timings
+            from .design import StudyDesign
+
+            study["quiet_timing"] = measure_timings(StudyDesign.from_dict(study["design"]), args.output_dir)
+            study["quiet_timing"]["host"] = provenance()
         write_study(args.output_dir, study)
         if args.publish:
             for path in publish(args.output_dir, args.repo):

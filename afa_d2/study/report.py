@@ -86,13 +86,17 @@ def markdown(study: Dict) -> str:
         "by seed (same data order, same initialisation of the shared parts), two-sided paired t-test."
         .format(runs=len(study["runs"]), seeds=", ".join(str(s) for s in seeds) or "none", **recipe),
         "",
-        "| arm | seeds | " + " | ".join(name for _, name in _SHOWN) + " | train s/iter | inference s/img |",
-        "| --- | ---: | " + " | ".join("---:" for _ in _SHOWN) + " | ---: | ---: |",
+        "| arm | seeds | " + " | ".join(name for _, name in _SHOWN) + " | params | GFLOPs | train s/iter "
+        "| inference s/img |",
+        "| --- | ---: | " + " | ".join("---:" for _ in _SHOWN) + " | ---: | ---: | ---: | ---: |",
     ]
+    cost = study.get("cost", {})
     for arm in design["arms"]:
         s = stats["arms"].get(arm["name"], {})
         n = s.get("bbox/AP", {}).get("n", 0)
         cells = [_interval(s[m]) if m in s else "n/a" for m, _ in _SHOWN]
+        c = cost.get(arm["name"], {})
+        cells += ["{:.2f} M".format(c["params"] / 1e6) if "params" in c else "n/a", _num(c.get("gflops"), 2)]
         cells += [_num(s.get(m, {}).get("mean"), 3) for m in ("time/train_s_per_iter", "time/inference_s_per_image")]
         lines.append("| {} | {} | {} |".format(labels[arm["name"]], n, " | ".join(cells)))
     if stats["paired"]:
@@ -108,6 +112,22 @@ def markdown(study: Dict) -> str:
              "the host: compare them only within one study.".format(20, max((r.get("time", {}).get(
                  "runs_sharing_host", 1) for r in study["runs"]), default=1))
     lines += ["", timing]
+    quiet = study.get("quiet_timing")
+    if quiet:
+        lines += ["", "Measured side by side in one process on a quiet host ({} threads, {} rounds, medians; "
+                  "`tools/study.py --time`; {}):".format(quiet["threads"], quiet["rounds"],
+                                                       (quiet.get("host") or {}).get("cpu", "host not recorded")),
+                  "", "| arm | inference s/img | × baseline | train s/step | × baseline |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for arm in design["arms"]:
+            q = quiet["arms"].get(arm["name"], {})
+            lines.append("| {} | {} | {} | {} | {} |".format(
+                labels[arm["name"]], _num(q.get("inference_s_per_image"), 3), _num(q.get("inference_ratio"), 2),
+                _num(q.get("train_s_per_step"), 3), _num(q.get("train_ratio"), 2)))
+    if cost:
+        size = next(iter(cost.values())).get("image_size")
+        lines += ["", "Parameters and GFLOPs (multiply-adds, attention counted) of inference on one {}x{} image "
+                  "(the config's test size), `afa_d2.analysis`.".format(*(size or ("?", "?")))]
     said = sentences(study)
     if said:
         lines += [""] + ["- " + s for s in said]
@@ -156,7 +176,7 @@ def plot(study: Dict, path: str) -> None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r[0] for r in rows], fontsize=8)
     ax.yaxis.tick_right()
-    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
     ax.set_title("paired difference, mean and 95% CI")
     ax.grid(axis="x", alpha=0.3)
     n = len({r["seed"] for r in study["runs"]})

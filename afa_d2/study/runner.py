@@ -54,7 +54,10 @@ def write_study(output_dir: str, study: Dict) -> None:
 
     from .report import write_reports
 
+    from .cost import count_arms
+
     design = StudyDesign.from_dict(study["design"])
+    study["cost"] = count_arms(design, output_dir, study.get("cost"))
     study["runs"].sort(key=lambda r: (r["seed"], [a.name for a in design.arms].index(r["arm"])))
     study["statistics"] = study_statistics(design, study["runs"])
     atomic_write_text(json.dumps(study, indent=1, sort_keys=False) + "\n", _study_path(output_dir))
