@@ -17,10 +17,13 @@ import afa_d2  # noqa: F401  (detectron2 compat patches; must precede any detect
 
 import logging
 import os
+import sys
 
 import torch
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser
 
+from afa_d2.cli import known_errors, one_line
 from afa_d2.engine import do_eval_only, do_train, launch, load_config, resolve_epoch_schedule
 from afa_d2.engine.overrides import UnknownConfigKeyError
 from afa_d2.engine.train_loop import default_setup
@@ -77,19 +80,33 @@ def parse_args(argv=None, parser=None):
         parser.error("--config-file {!r}: no such file (cwd: {})".format(args.config_file, os.getcwd()))
     if not args.config_file.endswith(YAML_SUFFIXES):
         try:  # fail before launching workers: unknown override keys, bad config files
-            load_config(args.config_file, args.opts)
+            cfg = load_config(args.config_file, args.opts)
         except UnknownConfigKeyError as e:
             parser.error(str(e))
+        try:  # and bad values (an unknown operator, levels the pyramid lacks): the model says which
+            instantiate(cfg.model)
+        except ValueError as e:
+            parser.error("the model of {} cannot be built: {}".format(args.config_file, one_line(e)))
     return args
 
 
+def run(args) -> int:
+    """Launch :func:`main` on every worker; in this process, a known error (a corrupt or mismatching
+    checkpoint, a failed fetch, ...) is one line on stderr and exit status 2 (afa_d2.cli)."""
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except known_errors() as e:
+        print("train_net.py: error: {}".format(one_line(e)), file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    sys.exit(run(parse_args()))

@@ -44,30 +44,21 @@ __all__ = [
     "flop_analysis_of",
     "format_level_table",
     "inference_augmentations",
-    "input_errors",
     "input_format",
     "load_any_config",
     "load_weights",
     "main",
     "neck_flops_by_level",
-    "one_line",
     "operator_label",
     "random_image",
 ]
 
 TASKS = ("flop", "activation", "parameter", "structure")
 YACS_SUFFIXES = (".yaml", ".yml")
-OP_LABELS = {"sum": "sum-up (FPN)", "concat": "concat (FPN-cat)", "mssa": "MSSA", "msca": "MSCA"}
 
 
 class AnalysisInputError(ValueError):
     """A bad input to the analysis or visualization tools; the message says what and how to fix it."""
-
-
-def one_line(error: BaseException) -> str:
-    """``str(error)`` on one line (multi-line messages, e.g. unknown override keys, joined by "; ")."""
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(error).__name__
 
 
 # ----------------------------------------------------------------------------------- configs
@@ -302,17 +293,21 @@ def operator_label(neck: Optional[nn.Module], level: Optional[str] = None) -> st
     """The aggregation of a pyramid ("MSCA", "sum-up (FPN)", "MSSA on p4, p5"), or of one level."""
     if neck is None:
         return "no pyramid"
+    from afa_d2.modeling.aggregation import baseline_operator
+    from afa_d2.modeling.aggregation import operator_label as label
+
+    base = baseline_operator()
     ops: Dict[str, str] = dict(getattr(neck, "level_ops", {}) or {})
     if not ops:  # detectron2's FPN
-        return OP_LABELS["sum"]
+        return label(base)
     if level is not None:
-        return OP_LABELS.get(ops.get(level, "sum"), ops.get(level, "sum"))
+        return label(ops.get(level, base))
     distinct = sorted(set(ops.values()))
     if len(distinct) == 1:
-        return OP_LABELS.get(distinct[0], distinct[0])
-    non_sum = [op for op in distinct if op != "sum"]
-    return "; ".join("{} on {}".format(OP_LABELS.get(op, op), ", ".join(lvl for lvl, o in ops.items() if o == op))
-                     for op in non_sum)
+        return label(distinct[0])
+    others = [op for op in distinct if op != base]
+    return "; ".join("{} on {}".format(label(op), ", ".join(lvl for lvl, o in ops.items() if o == op))
+                     for op in others)
 
 
 def neck_flops_by_level(analysis, model: nn.Module) -> "OrderedDict[str, Dict[str, int]]":
@@ -548,22 +543,14 @@ def run(args: argparse.Namespace) -> ModelAnalysis:
                          seed=args.seed)
 
 
-def input_errors() -> tuple:
-    """The exception types that mean bad input (a config, override, checkpoint, size): the tools print
-    them as one line instead of a traceback."""
-    from afa_d2.engine.checkpoint import CheckpointShapeError, CorruptCheckpointError, UntrustedCheckpointError
-    from afa_d2.model_zoo import CheckpointMismatchError, ChecksumError, FetchError
-
-    return (ValueError, KeyError, FileNotFoundError, CheckpointMismatchError, CheckpointShapeError,
-            CorruptCheckpointError, UntrustedCheckpointError, ChecksumError, FetchError)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python tools/analyze_model.py``: prints the report; bad input is one line on stderr, exit 2."""
+    from afa_d2.cli import known_errors, one_line
+
     args = parse_args(argv)
     try:
         result = run(args)
-    except input_errors() as e:
+    except known_errors() as e:
         print("analyze_model: error: {}".format(one_line(e)), file=sys.stderr)
         return 2
     print(result.text())

@@ -1,4 +1,4 @@
-"""Side-by-side cost of the aggregation operators (SPEC §7): ``python tools/benchmark.py``.
+"""Side-by-side cost of the aggregation operators (docs/DESIGN.md, "What is measured"): ``python tools/benchmark.py``.
 
 For each operator (sum, concat, mssa, msca by default), on the same input, in one run:
 
@@ -56,11 +56,12 @@ import afa_d2  # noqa: F401  (compat patches before detectron2)
 import torch
 from torch import nn
 
-from afa_d2.modeling.aggregation import use_checkpoint_mlp, use_reference_path
+from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator, use_checkpoint_mlp, use_reference_path
 
-OPS = ("sum", "concat", "mssa", "msca")
+OPS = tuple(AGGREGATION_OPS)  # the registry's order: the baseline (sum) first
 MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
-ATTENTION_OPS = ("mssa", "msca")
+ATTENTION_OPS = tuple(op for op, cls in AGGREGATION_OPS.items() if cls.uses_attention)
+BASE = baseline_operator()
 REF_SUFFIX = ":ref"
 CKPT_SUFFIX = ":ckpt"  # MSAttention(checkpoint_mlp=True): a training-memory option, same operator
 
@@ -247,7 +248,7 @@ def _build(op: str, args: argparse.Namespace, shared_state=None) -> nn.Module:
 
 def shared_state_dict(args: argparse.Namespace) -> Dict[str, torch.Tensor]:
     """The "sum" model's weights, the common part of every variant."""
-    return _build("sum", args).state_dict()
+    return _build(BASE, args).state_dict()
 
 
 REFERENCE_CONV = "reference: 3x3 conv"
@@ -316,7 +317,7 @@ def measure_inference(
         for name in names:
             op, reference = split_variant(name)
             if op not in models:
-                built = sum_model if op == "sum" and sum_model is not None else _build(op, args, shared_state)
+                built = sum_model if op == BASE and sum_model is not None else _build(op, args, shared_state)
                 models[op] = built.to(device).eval()
                 if device.type == "cpu":  # afa_d2's CPU inference set-up (the same for every variant)
                     from afa_d2.runtime import prepare_for_cpu_inference
@@ -365,7 +366,7 @@ def measure_inference(
         reference_conv, reference_macs = _reference_conv(images.tensor.shape[-2:], device)
         neck_fns[REFERENCE_CONV] = reference_conv  # timed among the necks, under the same conditions
         floor_fns: Dict[str, Any] = {}
-        if device.type == "cpu" and "sum" in results and any(r["neck_sdpa_flops"] for r in results.values()):
+        if device.type == "cpu" and BASE in results and any(r["neck_sdpa_flops"] for r in results.values()):
             from afa_d2.modeling.kernels import attention_ways
 
             q, k, v, p2_hw, attention_macs = _p2_attention(images.tensor.shape[-2:], args.seed)
@@ -551,7 +552,7 @@ def profile_inference(
     with torch.no_grad():
         for name in names:
             op, reference = split_variant(name)
-            model = sum_model if op == "sum" and sum_model is not None else _build(op, args, shared_state)
+            model = sum_model if op == BASE and sum_model is not None else _build(op, args, shared_state)
             model = model.eval()
             prepare_for_cpu_inference(model)
             use_reference_path(model, reference)
@@ -828,7 +829,7 @@ def serve(args: argparse.Namespace) -> None:
     shared = shared_state_dict(args)
     models = {}
     for op in args.ops:
-        if setting == "stock" and op == "sum":
+        if setting == "stock" and op == BASE:
             models[op] = _stock_fpn_model(args, shared)
         else:
             models[op] = _build(op, args, shared)
@@ -934,7 +935,7 @@ def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: float, attention_ra
     (token linears, pooled K/V, depth-wise conv) at ``conv_rate`` (the 3x3 convolution's); work without
     multiply-adds (LayerNorm, GELU, resizes, adds) counted as free. What goal 1 of issue #12 can reach here.
     """
-    base = results["sum"]
+    base = results[BASE]
     for r in results.values():
         if r.get("neck_sdpa_flops"):
             other = max(0, r["neck_flops"] - r["neck_sdpa_flops"] - base["neck_flops"])
@@ -1007,7 +1008,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python tools/benchmark.py",
         description="Params, FLOPs, latency (and training cost) of the aggregation operators, "
-        "side by side (SPEC §7).",
+        "side by side (docs/DESIGN.md, 'What is measured').",
     )
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
     p.add_argument("--reference", action="store_true",
@@ -1125,7 +1126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         print("build: " + format_build_info())
         print("profile: {} {}x{}, batch 1, {} threads, afa_d2's CPU settings, one inference after {} warm-up".format(
             args.model, args.height, args.width, torch.get_num_threads(), max(1, args.warmup)))
-        sum_model = _build("sum", args)
+        sum_model = _build(BASE, args)
         for name, res in profile_inference([n for n in names if not n.endswith(CKPT_SUFFIX)], args,
                                            sum_model.state_dict(), sum_model, top=args.profile).items():
             results[name].update(res)
@@ -1133,14 +1134,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         _write_json(args, results)
         return results
     if not args.train_only:
-        sum_model = _build("sum", args)  # its weights are shared by every variant
+        sum_model = _build(BASE, args)  # its weights are shared by every variant
         # ":ckpt" changes nothing at inference (no gradients): trained only
         results.update(measure_inference([n for n in names if not n.endswith(CKPT_SUFFIX)], args,
                                          sum_model.state_dict(), sum_model))
     if args.train:
         for name, res in measure_training(names, args).items():
             results[name].update(res)
-    add_ratios(results, "sum" if "sum" in results else args.ops[0])
+    add_ratios(results, BASE if BASE in results else args.ops[0])
     if args.device == "cpu":
         from afa_d2.modeling.kernels import describe_choices
 

@@ -2,7 +2,7 @@
 
 Every workaround afa_d2 needs for detectron2 lives here, and each is applied only when
 the running detectron2 needs it. An official build (one with ``detectron2._C``) is never
-patched: :func:`apply` returns at once. What each patch is for (SPEC §8):
+patched: :func:`apply` returns at once. What each patch is for (docs/DESIGN.md, "detectron2 where only PyPI is reachable"):
 
 =====================  ====================================================================
 patch                  why
@@ -42,7 +42,7 @@ import sys
 import types
 from typing import Dict
 
-__all__ = ["MissingExtensionError", "has_extension", "apply", "APPLIED"]
+__all__ = ["MissingExtensionError", "has_extension", "apply", "APPLIED", "end_process_group"]
 
 # Names of the patches applied in this process (empty with an official build).
 APPLIED: Dict[str, bool] = {}
@@ -192,9 +192,29 @@ def _cpu_capable_worker(
         torch.cuda.set_device(local_rank)
     comm.synchronize()
     main_func(*args)
-    from afa_d2.engine.launch import end_process_group
-
     end_process_group()
+
+
+def end_process_group() -> bool:
+    """Barrier, then destroy the default process group (and with it every subgroup).
+
+    A no-op without one. Also forgets detectron2's local process group, which the destroy
+    invalidates: ``detectron2.utils.comm._LOCAL_PROCESS_GROUP``, private, read the same in v0.6 and
+    in the official source of 2026 (no public setter exists). Returns True when a group was ended.
+    ``afa_d2.engine.launch`` calls it after every worker's ``main_func`` (why: its module doc).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+    from detectron2.utils import comm
+
+    if getattr(comm, "_LOCAL_PROCESS_GROUP", None) is not None:
+        comm._LOCAL_PROCESS_GROUP = None
+    return True
 
 
 def _patch_cpu_launch() -> None:

@@ -2,7 +2,7 @@
 
 What it does, in order, printing where everything is at the end:
 
-1. generates the built-in ``shapes`` dataset into the cache (first run only; SPEC §5);
+1. generates the built-in ``shapes`` dataset into the cache (first run only; docs/DESIGN.md, "The data");
 2. times a few training steps and an inference, and sizes the schedule so that training and
    evaluation fit in ``--minutes`` (default 10, counted from the process's start, dataset
    generation included): the schedule keeps the config's shape (warm-up, lr x 0.1 at its

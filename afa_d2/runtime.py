@@ -42,6 +42,7 @@ __all__ = [
     "ThreadedROIAlign",
     "configure_cpu_runtime",
     "keep_freed_memory",
+    "pool_map",
     "prepare_for_cpu_inference",
     "cpu_inference_scope",
     "threaded_batched_nms",
@@ -139,6 +140,53 @@ def _thread_pool():
     return _THREAD_POOL
 
 
+def _caller_state() -> Dict[str, object]:
+    """The caller thread's torch state that is thread-local and changes what an op computes: grad mode and
+    the autocast state of the CPU and of CUDA (a worker thread starts with neither autocast nor no_grad)."""
+    import torch
+
+    state: Dict[str, object] = {"grad": torch.is_grad_enabled(), "autocast": []}
+    for device in ("cpu", "cuda"):
+        try:
+            enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        except TypeError:  # torch < 2.4: per-device functions
+            if device == "cpu":
+                enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+            else:
+                enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        if enabled:
+            state["autocast"].append((device, dtype))
+    return state
+
+
+@contextmanager
+def _as_caller(state: Dict[str, object]) -> Iterator[None]:
+    """Enter, in a worker thread, the state :func:`_caller_state` read in the caller's thread."""
+    import contextlib
+
+    import torch
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.set_grad_enabled(bool(state["grad"])))
+        for device, dtype in state["autocast"]:
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        yield
+
+
+def pool_map(fn, items) -> list:
+    """``[fn(item) for item in items]`` on the process's pool, each call in the caller's grad-mode and
+    autocast state: under ``torch.autocast`` a worker thread then gets the same casts (torchvision's
+    ``nms`` and ``roi_align`` to fp32, for one) as the caller's thread, so the threaded ops compute
+    what the single-threaded ones would, in any precision."""
+    state = _caller_state()
+
+    def call(item):
+        with _as_caller(state):
+            return fn(item)
+
+    return list(_thread_pool().map(call, items))
+
+
 def _pool_threads(device_type: str) -> int:
     """How many pool tasks a threaded op splits into: the intra-op threads (at most the pool's size),
     or 0 where it should not split (not the CPU, one thread, tracing or scripting)."""
@@ -190,7 +238,7 @@ class ThreadedROIAlign(_roi_align_base()):
         def part(r):
             return roi_align(input, r, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
-        return torch.cat(list(_thread_pool().map(part, rois.chunk(threads))))
+        return torch.cat(pool_map(part, rois.chunk(threads)))
 
 
 #: torchvision's ``batched_nms`` loops over the classes on the CPU above this many box coordinates
@@ -222,7 +270,7 @@ def threaded_batched_nms(boxes, scores, idxs, iou_threshold: float):
         return members[nms(boxes[members], scores[members], iou_threshold)]
 
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
-    keep_mask[torch.cat(list(_thread_pool().map(kept, torch.unique(idxs))))] = True
+    keep_mask[torch.cat(pool_map(kept, torch.unique(idxs)))] = True
     keep = torch.where(keep_mask)[0]
     return keep[scores[keep].sort(descending=True)[1]]
 

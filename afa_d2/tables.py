@@ -4,7 +4,7 @@ Each table lists the configs of its rows (``configs/README.md``, "Paper tables <
 columns describing the row derived from the config itself (backbone, operator, dataset, levels,
 pooling), then our box / mask AP from the runs beside the paper's numbers
 (:data:`afa_d2.model_zoo.paper.PAPER_RESULTS`, headed "paper"). A row without a run says
-"missing". With runs, each AP also shows its gain over the table's sum-up row (SPEC §6: what should
+"missing". With runs, each AP also shows its gain over the table's sum-up row (docs/DESIGN.md, "The experiments": what should
 reproduce across frameworks is the gain), the paper's likewise.
 
 A run folder is what ``train_net.py`` writes: ``config.yaml`` (the dumped config) and
@@ -29,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .analysis import OP_LABELS
+from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator, operator_label
 
 __all__ = [
     "BEGIN",
@@ -101,14 +101,14 @@ def _bottom_up_name(bottom_up: Any) -> str:
 
 
 def _level_ops(backbone: Any) -> Tuple[Tuple[str, str], ...]:
-    """The levels that do not use "sum", with their operator: (("p4", "mssa"), ("p5", "mssa"))."""
-    agg = _get(backbone, "aggregation", "sum")
+    """The levels that do not use the sum, with their operator: (("p4", "mssa"), ("p5", "mssa"))."""
+    agg = _get(backbone, "aggregation", baseline_operator())
     if hasattr(agg, "keys"):
         ops = {str(k): str(agg[k]) for k in agg.keys()}
     else:
         levels = _get(backbone, "attention_levels", LEVELS)
         ops = {str(lvl): str(agg) for lvl in levels}
-    return tuple(sorted((lvl, op) for lvl, op in ops.items() if op != "sum"))
+    return tuple(sorted((lvl, op) for lvl, op in ops.items() if op != baseline_operator()))
 
 
 def config_signature(cfg) -> Dict[str, Any]:
@@ -124,7 +124,7 @@ def config_signature(cfg) -> Dict[str, Any]:
     """
     backbone = _get(cfg, "model.backbone")
     ops = _level_ops(backbone)
-    attention = any(op in ("mssa", "msca") for _, op in ops)
+    attention = any(op in AGGREGATION_OPS and AGGREGATION_OPS[op].uses_attention for _, op in ops)
     pooling = None
     if attention:
         pooling = str(_get(backbone, "pooling", "multi_scale"))
@@ -152,10 +152,10 @@ def _backbone(sig: Dict[str, Any]) -> str:
 def _operator(sig: Dict[str, Any]) -> str:
     ops = sorted(set(op for _, op in sig["ops"]))
     if not ops:
-        return OP_LABELS["sum"]
+        return operator_label(baseline_operator())
     if len(ops) == 1 and len(sig["ops"]) == len(LEVELS):
-        return OP_LABELS.get(ops[0], ops[0])
-    return "; ".join("{} on {}".format(OP_LABELS.get(op, op), ", ".join(lvl for lvl, o in sig["ops"] if o == op))
+        return operator_label(ops[0])
+    return "; ".join("{} on {}".format(operator_label(op), ", ".join(lvl for lvl, o in sig["ops"] if o == op))
                      for op in ops)
 
 

@@ -41,15 +41,14 @@ from torch import Tensor, nn
 
 from .analysis import (
     AnalysisInputError,
-    input_errors,
     build_model,
     find_pyramid,
     input_format,
     load_any_config,
-    one_line,
     operator_label,
     inference_augmentations,
 )
+from .cli import known_errors, one_line
 
 __all__ = [
     "DPI",
@@ -1002,7 +1001,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         out = run(args)
-    except input_errors() as e:
+    except known_errors() as e:
         print("visualize: error: {}".format(one_line(e)), file=sys.stderr)
         return 2
     if "path" in out:

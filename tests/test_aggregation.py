@@ -1,6 +1,6 @@
 """The operators against an independent computation of the paper's equations (1)-(7).
 
-The reference below is written from the paper (§3.1-3.3) and SPEC §3 with explicit loops,
+The reference below is written from the paper (§3.1-3.3) and docs/DESIGN.md, "The method" with explicit loops,
 matmuls and softmax (no ``scaled_dot_product_attention``, no ``avg_pool2d``, no ``Conv2d``,
 no ``LayerNorm`` module), reading only the weights from the module under test.
 """

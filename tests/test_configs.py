@@ -1,7 +1,7 @@
 """Every config under ``configs/`` loads, builds its model, and says what its file name says.
 
 - every ``.py`` config loads with ``LazyConfig.load``; the recipe files (one per row of the
-  paper's tables, SPEC §6) define the LazyConfig contract of docs/DESIGN.md;
+  paper's tables, docs/DESIGN.md, "The experiments") define the LazyConfig contract of docs/DESIGN.md;
 - every recipe's backbone is instantiated (catches a bad operator / level / pooling name) and
   its aggregation, attention levels and pooling match the file name (catches copy-paste);
   the full model is instantiated once per distinct model base (R-50 / R-101 / Swin-T /
@@ -34,7 +34,7 @@ FINETUNE = sorted(p for p in ALL_PY if os.sep + os.path.join("COCO", "finetune")
 SHAPES_FINETUNE = sorted(p for p in ALL_PY if os.sep + os.path.join("shapes", "finetune") + os.sep in p)
 YAML = os.path.join(CONFIG_DIR, "shapes", "mask_rcnn_R_18_msca.yaml")
 
-# SPEC §6: one config per row of the paper's tables (paths under configs/).
+# docs/DESIGN.md, "The experiments": one config per row of the paper's tables (paths under configs/).
 PAPER_ROWS = {
     "Table 1": ["COCO/cascade_mask_rcnn_R_{}_{}_1x.py".format(d, op)
                 for d in (50, 101) for op in ("sum", "concat", "mssa", "msca")],
@@ -169,7 +169,7 @@ def test_recipe_follows_the_contract_and_its_name(path):
         assert cfg.train.init_checkpoint == "" and cfg.train.device == "cpu", name
         assert cfg.dataloader.train.total_batch_size <= 8, name
         return
-    # the paper's recipe (SPEC §4)
+    # the paper's recipe (docs/DESIGN.md, "The recipe")
     assert cfg.dataloader.train.total_batch_size == 8, name
     assert opt.lr == 1e-4, name
     assert cfg.train.epochs == 12 and list(cfg.lr_multiplier.decay_epochs) == [8, 11], name

@@ -28,7 +28,7 @@ def _sample(height=128, width=160):
 def test_train_step_and_inference(config):
     torch.manual_seed(0)
     cfg = model_zoo.get_config(config).model
-    # From scratch, FrozenBN's random statistics explode (SPEC §4): trainable BN instead.
+    # From scratch, FrozenBN's random statistics explode (docs/DESIGN.md, "The recipe"): trainable BN instead.
     cfg.backbone.bottom_up.stem.norm = "BN"
     cfg.backbone.bottom_up.stages.norm = "BN"
     model = instantiate(cfg)
@@ -52,7 +52,7 @@ def test_train_step_and_inference(config):
         out = model([_sample()])[0]["instances"]
     assert out.image_size == (128, 160)
     assert {"pred_boxes", "scores", "pred_classes", "pred_masks"} <= set(out.get_fields())
-    assert len(out) <= 100  # detections per image, SPEC §4
+    assert len(out) <= 100  # detections per image, docs/DESIGN.md, "The recipe"
     if len(out):
         assert out.pred_masks.shape[1:] == (128, 160)
         assert ((out.scores >= 0) & (out.scores <= 1)).all()

@@ -133,6 +133,7 @@ KILL_DURING_WRITE = textwrap.dedent(
     import os, signal, sys
     import afa_d2  # noqa
     import torch
+    from afa_d2 import storage
     from afa_d2.engine import checkpoint as ck
 
     out, what = sys.argv[1], sys.argv[2]
@@ -151,7 +152,7 @@ KILL_DURING_WRITE = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     def dying_text(text, path):             # the tag write dies half-way
-        tmp = ck._tmp_name(path)
+        tmp = storage._tmp_name(path)
         with open(tmp, "wb") as f:
             f.write(text.encode()[:3])
             f.flush()

@@ -227,7 +227,7 @@ def test_probe_chooses_caches_on_disk_and_is_reused(tmp_path, monkeypatch, caplo
 
 
 def test_the_kernel_cache_folder_can_be_moved_and_the_tests_use_their_own(tmp_path, monkeypatch):
-    from afa_d2.model_zoo.hub import cache_root
+    from afa_d2.storage import cache_root
 
     assert not K._cache_file().startswith(cache_root())  # this suite's choices stay out of the user's cache
     monkeypatch.setenv("AFA_D2_KERNEL_CACHE", str(tmp_path / "choices"))

@@ -20,7 +20,7 @@ import torch
 import afa_d2  # noqa: F401
 from afa_d2 import model_zoo
 from afa_d2.engine.checkpoint import AtomicCheckpointer, CorruptCheckpointError
-from afa_d2.model_zoo import hub
+from afa_d2 import hub
 from afa_d2.model_zoo.publish import (
     METADATA_KEY,
     publish_checkpoint,

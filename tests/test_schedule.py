@@ -1,4 +1,4 @@
-"""The paper's recipe (SPEC §4): epochs -> iterations, the lr multiplier, AdamW param groups."""
+"""The paper's recipe (docs/DESIGN.md, "The recipe"): epochs -> iterations, the lr multiplier, AdamW param groups."""
 import math
 import os
 
@@ -163,7 +163,7 @@ def test_adamw_param_groups_no_decay_on_norms_and_biases():
     opt = instantiate(opt_cfg)
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["lr"] == 1e-4 and tuple(opt.defaults["betas"]) == (0.9, 0.99)
-    assert opt.defaults["weight_decay"] == 0.05  # the paper's 0.5 read as a typo (SPEC §4)
+    assert opt.defaults["weight_decay"] == 0.05  # the paper's 0.5 read as a typo (docs/DESIGN.md, "The recipe")
     decay_of = {}
     for group in opt.param_groups:
         for p in group["params"]:

@@ -58,4 +58,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    from afa_d2.cli import run_command
+
+    sys.exit(run_command("publish_model.py", main))

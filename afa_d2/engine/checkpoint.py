@@ -26,7 +26,7 @@ Checkpoints by URL, checked by hash
     ``load`` takes a local path or an ``http(s)://``, ``file://`` or ``detectron2://`` URL: URLs
     are fetched into afa_d2's cache, and a file whose name carries a sha256 prefix
     (``<name>-<hash>.pth``, how the model zoo publishes) is checked against it on every load
-    (:func:`afa_d2.model_zoo.hub.fetch_checkpoint`). A file that is not a readable checkpoint
+    (:func:`afa_d2.hub.fetch_checkpoint`). A file that is not a readable checkpoint
     (truncated, corrupt) raises :class:`CorruptCheckpointError` naming it.
 
 Shapes that do not fit
@@ -39,7 +39,6 @@ Shapes that do not fit
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import pickle
@@ -50,42 +49,21 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from afa_d2.storage import SAFE_GLOBALS, atomic_torch_save, atomic_write_text
+
 __all__ = [
     "AtomicCheckpointer",
     "CheckpointShapeError",
     "CorruptCheckpointError",
     "UntrustedCheckpointError",
     "LoadReport",
-    "SAFE_GLOBALS",
     "TRUST_ENV",
-    "atomic_torch_save",
-    "atomic_write_text",
     "load_checkpoint_file",
 ]
 
 logger = logging.getLogger(__name__)
 
 TRUST_ENV = "AFA_D2_TRUST_CHECKPOINTS"
-
-
-def _safe_globals() -> list:
-    """Globals a detectron2 training checkpoint may pickle besides tensors and builtins."""
-    import numpy as np
-
-    ret: list = [collections.OrderedDict, collections.defaultdict, set, frozenset, slice]
-    ret += [np.dtype, np.ndarray, type(np.dtype("float32")), type(np.dtype("int64")), type(np.dtype("float64"))]
-    try:  # numpy scalars (e.g. an iteration counter that went through numpy)
-        ret.append(np._core.multiarray.scalar)  # numpy >= 2
-    except AttributeError:  # pragma: no cover - numpy 1.x
-        ret.append(np.core.multiarray.scalar)
-    try:
-        ret.append(np._core.multiarray._reconstruct)
-    except AttributeError:  # pragma: no cover - numpy 1.x
-        ret.append(np.core.multiarray._reconstruct)
-    return ret
-
-
-SAFE_GLOBALS = _safe_globals()
 
 
 class CheckpointShapeError(RuntimeError):
@@ -149,69 +127,6 @@ class LoadReport:
 def _short_list(keys: List[str], limit: int) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (" ... (+{} more)".format(len(keys) - limit) if len(keys) > limit else "")
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: str) -> str:
-    directory, base = os.path.split(path)
-    return os.path.join(directory, ".{}.tmp-{}".format(base, os.getpid()))
-
-
-def _remove_stale_tmp(path: str) -> None:
-    directory, base = os.path.split(path)
-    prefix = ".{}.tmp-".format(base)
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.remove(os.path.join(directory, name))
-            except OSError:
-                pass
-
-
-def _atomic_write(path: str, write_fn) -> None:
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # A Python-level failure (disk full, KeyboardInterrupt): drop the partial temp file.
-        # A SIGKILL never gets here; its leftover temp file is harmless (see module doc).
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` through a temporary file and ``os.replace``."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _is_trusted(path: str, trusted_dirs: List[str]) -> bool:
@@ -284,7 +199,7 @@ def _fetch(path: str) -> str:
     """
     from urllib.parse import urlparse
 
-    from afa_d2.model_zoo.hub import expected_hash_prefix, fetch_checkpoint
+    from afa_d2.hub import expected_hash_prefix, fetch_checkpoint
 
     base, sep, query = path.partition("?")
     if urlparse(base).scheme in ("http", "https", "file", "detectron2") or expected_hash_prefix(base):

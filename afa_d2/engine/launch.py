@@ -25,29 +25,11 @@ import logging
 from datetime import timedelta
 from typing import Any, Callable, Optional, Sequence
 
+from afa_d2.compat import end_process_group
+
 __all__ = ["launch", "end_process_group"]
 
 logger = logging.getLogger(__name__)
-
-
-def end_process_group() -> bool:
-    """Barrier, then destroy the default process group (and with it every subgroup).
-
-    A no-op without one. Also forgets detectron2's local process group, which the destroy
-    invalidates. Returns True when a group was ended.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    if dist.get_world_size() > 1:
-        dist.barrier()
-    dist.destroy_process_group()
-    from detectron2.utils import comm
-
-    if getattr(comm, "_LOCAL_PROCESS_GROUP", None) is not None:
-        comm._LOCAL_PROCESS_GROUP = None
-    return True
 
 
 def _run_then_end_process_group(main_func: Callable, *args: Any) -> Any:

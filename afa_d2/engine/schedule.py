@@ -1,4 +1,4 @@
-"""The paper's schedule in epochs, turned into iterations at start-up (SPEC §4).
+"""The paper's schedule in epochs, turned into iterations at start-up (docs/DESIGN.md, "The recipe").
 
 The paper trains 12 epochs with the learning rate multiplied by 0.1 at epochs 8 and 11, after
 a linear warm-up, at a total batch of 8. detectron2 counts iterations, so a schedule in epochs
@@ -230,7 +230,7 @@ def resolve_epoch_schedule(cfg, num_images: Optional[int] = None) -> ScheduleInf
     total_batch = int(cfg.dataloader.train.total_batch_size)
     epochs = train.get("epochs", None)
     if epochs is None:
-        raise ValueError("train.epochs is not set: the schedule is given in epochs (SPEC §4)")
+        raise ValueError("train.epochs is not set: the schedule is given in epochs (docs/DESIGN.md, 'The recipe')")
     if num_images is None:
         num_images = train.get("images_per_epoch", None)
     if num_images is None:

@@ -8,7 +8,7 @@ detectron2's ``model_zoo`` API over afa_d2's configs and checkpoints::
     url = model_zoo.get_checkpoint_url("shapes/mask_rcnn_R_18_msca.py")       # <zoo>/<name>-<hash>.pth
 
 * :mod:`.catalog`: the shipped configs by name (they travel with the package);
-* :mod:`.hub`: checkpoints by path or URL, cached, checked against the sha256 prefix in their name
+* ``afa_d2.hub`` (below the engine, which loads URLs too): checkpoints by path or URL, cached, checked against the sha256 prefix in their name
   on every load;
 * :mod:`.zoo`: the zoo URL (``$AFA_D2_ZOO_URL``), its index, ``get_checkpoint_url`` and ``get``;
 * :mod:`.publish`: publishing a training checkpoint, the index, ``MODEL_ZOO.md``;
@@ -16,14 +16,16 @@ detectron2's ``model_zoo`` API over afa_d2's configs and checkpoints::
 * :mod:`.convert`: detectron2 FPN, torchvision ResNet and Swin checkpoints into afa_d2's models;
 * :mod:`.paper`: the paper's numbers per config.
 """
-from .catalog import UnknownConfigError, configs_root, get_config, get_config_file, list_configs
-from .hub import ChecksumError, FetchError, fetch_checkpoint
+from afa_d2.hub import ChecksumError, FetchError, fetch_checkpoint
+
+from .catalog import UnknownConfigError, configs_root, get_config_file, list_configs
 from .zoo import (
     ZOO_URL_ENV,
     CheckpointMismatchError,
     NotInZooError,
     get,
     get_checkpoint_url,
+    get_config,
     load_fitting,
     read_index,
     zoo_url,

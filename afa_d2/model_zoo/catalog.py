@@ -12,7 +12,7 @@ import difflib
 import os
 from typing import List
 
-__all__ = ["UnknownConfigError", "configs_root", "get_config", "get_config_file", "list_configs"]
+__all__ = ["UnknownConfigError", "configs_root", "get_config_file", "list_configs"]
 
 CONFIG_SUFFIXES = (".py", ".yaml", ".yml")
 
@@ -65,39 +65,3 @@ def get_config_file(config_path: str) -> str:
         "afa_d2.model_zoo.list_configs() lists them)".format(
             config_path, ", ".join(close) if close else "none", len(known), configs_root())
     )
-
-
-def get_config(config_path: str, trained: bool = False):
-    """The config ``config_path``: a LazyConfig (``.py``) or a yacs ``CfgNode`` (``.yaml``, with
-    ``MODEL.AFA`` added).
-
-    Args:
-        config_path (str): a name from :func:`list_configs`.
-        trained (bool): point the weights (``train.init_checkpoint`` / ``MODEL.WEIGHTS``) at this
-            config's published checkpoint (:func:`afa_d2.model_zoo.get_checkpoint_url`).
-    """
-    path = get_config_file(config_path)
-    if path.endswith(".py"):
-        from detectron2.config import LazyConfig
-
-        from afa_d2.engine.schedule import ensure_schedule_keys
-
-        cfg = LazyConfig.load(path)
-        ensure_schedule_keys(cfg)
-        if trained:
-            from .zoo import get_checkpoint_url
-
-            cfg.train.init_checkpoint = get_checkpoint_url(config_path)
-        return cfg
-    from detectron2.config import get_cfg
-
-    from afa_d2.config import add_afa_config
-
-    cfg = get_cfg()
-    add_afa_config(cfg)
-    cfg.merge_from_file(path)
-    if trained:
-        from .zoo import get_checkpoint_url
-
-        cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
-    return cfg

@@ -20,7 +20,7 @@ numpy arrays, dtypes, scalars and plain containers and refuses any other global 
 by ``pickle.load``, which would run whatever code the file holds; a ``.pth`` by
 ``torch.load(weights_only=True)`` (:func:`afa_d2.engine.checkpoint.load_checkpoint_file`).
 
-Starting the new blocks as FPN (SPEC §7b, ``start_as_fpn=True`` here or on ``AttentionFPN``)
+Starting the new blocks as FPN (docs/DESIGN.md, "Checkpoints", ``start_as_fpn=True`` here or on ``AttentionFPN``)
     MSSA is ``P_i = MS-Att(R_i)``, ``R_i = F_i + Up(P_{i+1})``, and MS-Att's output is its query plus
     a DW-MLP branch (eq. 7): with the DW-MLP's last linear (``fc2``, weight and bias) at zero,
     ``MS-Att(R_i) = R_i`` and ``P_i = F_i + Up(P_{i+1})``, FPN's sum. It is FPN exactly when ``Up``
@@ -239,7 +239,7 @@ def load_weights(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         path (str): a ``.pkl`` (detectron2's model zoo: numpy arrays, read by a restricted
             unpickler) or a ``.pth`` / ``.pt`` / ``.bin`` (``torch.load(weights_only=True)``);
             a local path, or a URL / hash-named file fetched and checked by
-            :func:`afa_d2.model_zoo.hub.fetch_checkpoint`.
+            :func:`afa_d2.hub.fetch_checkpoint`.
 
     Returns:
         (dict[str, Tensor], dict): the weights (from ``{"model": ...}``, ``{"state_dict": ...}``,
@@ -252,7 +252,7 @@ def load_weights(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """
     from afa_d2.engine.checkpoint import load_checkpoint_file
 
-    from .hub import expected_hash_prefix, fetch_checkpoint
+    from afa_d2.hub import expected_hash_prefix, fetch_checkpoint
 
     if "://" in path or expected_hash_prefix(path):
         path = fetch_checkpoint(path)
@@ -302,7 +302,7 @@ def save_converted(weights: Dict[str, torch.Tensor], path: str, *, author: str, 
     The file holds tensors and plain types only, so it loads with ``weights_only=True``.
     """
     import afa_d2
-    from afa_d2.engine.checkpoint import atomic_torch_save
+    from afa_d2.storage import atomic_torch_save
 
     if not path:
         raise ValueError("output path is empty")
@@ -332,7 +332,7 @@ def _instantiate(target: Target, opts: Sequence[str], node: str) -> nn.Module:
 
     from afa_d2.engine import apply_overrides
 
-    from .catalog import get_config
+    from .zoo import get_config
 
     cfg = apply_overrides(LazyConfig.load(target) if os.path.isfile(target) else get_config(target), list(opts))
     for part in node.split("."):

@@ -29,7 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .hub import HASH_PREFIX_RE, hashed_name, sha256_of, verify_file
+from afa_d2.modeling.aggregation import baseline_operator
+from afa_d2.hub import HASH_PREFIX_RE, hashed_name, sha256_of, verify_file
 from .paper import PAPER_RESULTS
 from .zoo import INDEX_NAME
 
@@ -95,7 +96,7 @@ def describe_config(cfg) -> Dict[str, Any]:
     """Operator, architecture and datasets of a LazyConfig, for the metadata record."""
     heads = str(cfg.model.roi_heads.get("_target_", ""))
     return {
-        "operator": str(cfg.model.backbone.get("aggregation", "sum")),
+        "operator": str(cfg.model.backbone.get("aggregation", baseline_operator())),
         "arch": "cascade_mask_rcnn" if "Cascade" in heads else "mask_rcnn",
         "dataset": {"train": str(cfg.dataloader.train.dataset.names), "test": str(cfg.dataloader.test.dataset.names)},
     }
@@ -199,7 +200,7 @@ def publish_checkpoint(
     if "iteration" in data and "iterations" not in record.get("training", {}):
         record.setdefault("training", {})["iterations"] = int(data["iteration"]) + 1
     if "operator" not in record and config and config.endswith(".py"):  # no run folder: the zoo config says
-        from .catalog import get_config
+        from .zoo import get_config
 
         record = _merge(describe_config(get_config(config)), record)
     record = _merge(record, metadata)
@@ -257,7 +258,7 @@ def write_index(output_dir: str) -> Dict[str, Any]:
     Each file is checked against its hash (a bad one is left out, with a warning). A config
     published more than once maps to its most recent file. Returns the index.
     """
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     checkpoints: Dict[str, Dict[str, Any]] = {}
     for path in sorted(glob.glob(os.path.join(output_dir, "*.pth"))):
@@ -364,7 +365,7 @@ def write_model_zoo_md(index: Dict[str, Any], path: str) -> str:
     """Write :func:`render_model_zoo_md` of ``index`` to ``path`` and the index itself beside it
     (``MODEL_ZOO.md`` -> ``MODEL_ZOO.json``, metadata only, no weights), so that anyone can check
     that the page is what its records render to. Returns ``path``."""
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     atomic_write_text(json.dumps(index, indent=1, sort_keys=True) + "\n", os.path.splitext(path)[0] + ".json")
     atomic_write_text(render_model_zoo_md(index), path)

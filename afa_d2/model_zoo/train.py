@@ -49,7 +49,8 @@ def train_one(config: str, run_dir: str, *, max_iter: int, num_train: int, num_v
 
     from afa_d2.data import shapes_split_names
     from afa_d2.engine import do_train, fit_schedule_to_iters, load_config, resolve_epoch_schedule
-    from afa_d2.engine.checkpoint import AtomicCheckpointer, atomic_write_text
+    from afa_d2.engine.checkpoint import AtomicCheckpointer
+    from afa_d2.storage import atomic_write_text
     from afa_d2.engine.runs import cpu_loader_workers, first_test_batches, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
     from afa_d2.evaluation import summarize_results
@@ -122,7 +123,7 @@ def train_zoo(output_dir: str, zoo_dir: Optional[str] = None, *, configs: Sequen
     Returns:
         dict: the zoo's index.
     """
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     from .catalog import get_config_file
     from .publish import publish_checkpoint, write_index, write_model_zoo_md

@@ -9,7 +9,7 @@ and ``model_zoo.json``, the index written from the files' own metadata
 
 The index of a remote zoo is fetched on each lookup and cached; without a network the cached
 index is used (with a warning). The checkpoints themselves go through
-:func:`afa_d2.model_zoo.hub.fetch_checkpoint`: cached once, and checked against the hash in their
+:func:`afa_d2.hub.fetch_checkpoint`: cached once, and checked against the hash in their
 name on every load.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, Optional
 
-from .catalog import get_config, get_config_file
-from .hub import FetchError, cache_root
+from .catalog import get_config_file
+from afa_d2.hub import FetchError
+from afa_d2.storage import cache_root
 
 __all__ = [
     "INDEX_NAME",
@@ -33,6 +34,7 @@ __all__ = [
     "NotInZooError",
     "get",
     "get_checkpoint_url",
+    "get_config",
     "read_index",
     "zoo_url",
 ]
@@ -86,7 +88,7 @@ def _read_remote_index(url: str, timeout: float) -> Dict[str, Any]:
             "cannot read the model zoo index {} ({}) and no copy is cached: check the network or {}".format(
                 url, getattr(e, "reason", e), ZOO_URL_ENV)
         ) from e
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     atomic_write_text(json.dumps(index, indent=1, sort_keys=True), cached)
@@ -200,3 +202,35 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     if trained:
         load_fitting(model, weights, config_path)
     return model
+
+
+def get_config(config_path: str, trained: bool = False):
+    """The config ``config_path``: a LazyConfig (``.py``) or a yacs ``CfgNode`` (``.yaml``, with
+    ``MODEL.AFA`` added).
+
+    Args:
+        config_path (str): a name from :func:`list_configs`.
+        trained (bool): point the weights (``train.init_checkpoint`` / ``MODEL.WEIGHTS``) at this
+            config's published checkpoint (:func:`afa_d2.model_zoo.get_checkpoint_url`).
+    """
+    path = get_config_file(config_path)
+    if path.endswith(".py"):
+        from detectron2.config import LazyConfig
+
+        from afa_d2.engine.schedule import ensure_schedule_keys
+
+        cfg = LazyConfig.load(path)
+        ensure_schedule_keys(cfg)
+        if trained:
+            cfg.train.init_checkpoint = get_checkpoint_url(config_path)
+        return cfg
+    from detectron2.config import get_cfg
+
+    from afa_d2.config import add_afa_config
+
+    cfg = get_cfg()
+    add_afa_config(cfg)
+    cfg.merge_from_file(path)
+    if trained:
+        cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
+    return cfg

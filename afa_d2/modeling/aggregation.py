@@ -1,4 +1,4 @@
-"""The aggregation operators of the top-down path: P_i = op(F_i, P_{i+1}) (paper §3, SPEC §3).
+"""The aggregation operators of the top-down path: P_i = op(F_i, P_{i+1}) (paper §3, docs/DESIGN.md, "The method").
 
 =========  ===========================================================  ========================
 name       P_i (level with a deeper input)                              top level (no P_{i+1})
@@ -20,7 +20,7 @@ Every operator has the same interface, ``forward(lateral, top_down=None)``, wher
 
 ``start_as_fpn=True`` (every operator's constructor, :func:`build_aggregation`) initialises an
 operator's own weights so that it computes FPN's sum, for fine-tuning from an FPN checkpoint
-(SPEC §7b): "sum" is it already; "concat" gets the fuse weight ``[I | I]`` and bias 0 (only
+(docs/DESIGN.md, "Checkpoints"): "sum" is it already; "concat" gets the fuse weight ``[I | I]`` and bias 0 (only
 without a norm in the fuse conv); "mssa" gets its DW-MLP's last linear at zero, so
 ``MS-Att(R_i) = R_i`` and ``P_i = F_i + Up(P_{i+1})``. Either is exactly FPN when ``Up`` is
 nearest, FPN's. "msca" cannot (:data:`MSCA_CANNOT_START_AS_SUM`) and raises ValueError.
@@ -97,6 +97,22 @@ class Aggregation(nn.Module):
     label = ""
     #: the operator the others are compared against (FPN's sum)
     is_baseline = False
+    #: whether :meth:`init_as_sum` can make the operator compute FPN's sum
+    can_start_as_sum = True
+
+    @classmethod
+    def build(cls, channels: int, *, norm: str, upsample_mode: Optional[str], num_heads: int, pooling: str,
+              pool_stride: int, adaptive_pool_size: int, mlp_ratio: float, checkpoint_mlp: bool, top: bool,
+              start_as_fpn: bool) -> "Aggregation":
+        """The operator for ``channels`` channels from every option :func:`build_aggregation` takes (each
+        operator uses its own)."""
+        raise NotImplementedError
+
+    @classmethod
+    def start_as_sum_refusal(cls, norm: str, top: bool) -> Optional[str]:
+        """Why this operator, built with ``norm`` (on the ``top`` level or not), cannot start as FPN's sum;
+        None when it can."""
+        return None if cls.can_start_as_sum else "{} cannot start as FPN's sum".format(cls.label)
 
     def __init__(self, upsample_mode: Optional[str] = None):
         super().__init__()
@@ -152,6 +168,10 @@ class SumAggregation(Aggregation):
         super().__init__(upsample_mode)
         _check_start_as_fpn(start_as_fpn)
 
+    @classmethod
+    def build(cls, channels, *, upsample_mode, start_as_fpn, **_unused):
+        return cls(upsample_mode, start_as_fpn=start_as_fpn)
+
     def init_as_sum(self) -> None:
         pass  # it is the sum
 
@@ -175,6 +195,14 @@ class ConcatAggregation(Aggregation):
 
     label = "concat (FPN-cat)"
 
+    @classmethod
+    def build(cls, channels, *, norm, upsample_mode, top, start_as_fpn, **_unused):
+        return cls(channels, norm=norm, upsample_mode=upsample_mode, top=top, start_as_fpn=start_as_fpn)
+
+    @classmethod
+    def start_as_sum_refusal(cls, norm: str, top: bool) -> Optional[str]:
+        # the top level's concat has no fuse conv, so only the others need norm=""
+        return CONCAT_NORM_CANNOT_START_AS_SUM.format(norm) if norm and not top else None
 
     def __init__(
         self,
@@ -219,7 +247,13 @@ class ConcatAggregation(Aggregation):
 class _AttentionAggregation(Aggregation):
     default_upsample_mode = "bilinear"
     uses_attention = True
-    can_start_as_sum = True
+
+    @classmethod
+    def build(cls, channels, *, num_heads, pooling, pool_stride, adaptive_pool_size, mlp_ratio, upsample_mode,
+              checkpoint_mlp, start_as_fpn, **_unused):
+        return cls(channels, num_heads=num_heads, pooling=pooling, pool_stride=pool_stride,
+                   adaptive_pool_size=adaptive_pool_size, mlp_ratio=mlp_ratio, upsample_mode=upsample_mode,
+                   checkpoint_mlp=checkpoint_mlp, start_as_fpn=start_as_fpn)
 
     def __init__(
         self,
@@ -237,7 +271,7 @@ class _AttentionAggregation(Aggregation):
         super().__init__(upsample_mode)
         _check_start_as_fpn(start_as_fpn)
         if start_as_fpn and not self.can_start_as_sum:
-            raise ValueError(MSCA_CANNOT_START_AS_SUM)
+            raise ValueError(self.start_as_sum_refusal("", top=False))
         self.attn = MSAttention(
             channels,
             num_heads,
@@ -274,7 +308,6 @@ class MSSAAggregation(_AttentionAggregation):
 
     label = "MSSA"
 
-
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if top_down is None:
             return self.attn(lateral)  # eq. (2)
@@ -302,8 +335,11 @@ class MSCAAggregation(_AttentionAggregation):
 
     label = "MSCA"
 
-
     can_start_as_sum = False
+
+    @classmethod
+    def start_as_sum_refusal(cls, norm: str, top: bool) -> Optional[str]:
+        return MSCA_CANNOT_START_AS_SUM
 
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         h, w = lateral.shape[-2], lateral.shape[-1]  # traced, not constants, under export
@@ -396,19 +432,16 @@ def build_aggregation(
         raise ValueError(
             "unknown aggregation operator {!r}; valid: {}".format(name, list(AGGREGATION_OPS))
         )
-    cls = AGGREGATION_OPS[name]
-    if cls is SumAggregation:
-        return cls(upsample_mode, start_as_fpn=start_as_fpn)
-    if cls is ConcatAggregation:
-        return cls(channels, norm=norm, upsample_mode=upsample_mode, top=top, start_as_fpn=start_as_fpn)
-    return cls(
+    return AGGREGATION_OPS[name].build(
         channels,
+        norm=norm,
+        upsample_mode=upsample_mode,
         num_heads=num_heads,
         pooling=pooling,
         pool_stride=pool_stride,
         adaptive_pool_size=adaptive_pool_size,
         mlp_ratio=mlp_ratio,
-        upsample_mode=upsample_mode,
         checkpoint_mlp=checkpoint_mlp,
+        top=top,
         start_as_fpn=start_as_fpn,
     )

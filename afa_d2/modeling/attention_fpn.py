@@ -1,6 +1,6 @@
 """AttentionFPN: detectron2's FPN with the top-down sum replaced by a chosen operator per level.
 
-The paper's pyramid (§3, Fig. 1; SPEC §3): lateral 1x1 convs give ``F_i`` (256 channels);
+The paper's pyramid (§3, Fig. 1; docs/DESIGN.md, "The method"): lateral 1x1 convs give ``F_i`` (256 channels);
 aggregation runs top-down from the deepest level, ``P_i = op_i(F_i, P_{i+1})``, with ``op_i`` one
 of :data:`~afa_d2.modeling.aggregation.AGGREGATION_OPS`; FPN's 3x3 output convs follow on every
 level; ``p6`` is a max-pool of ``p5`` (``LastLevelMaxPool``). The operator is the only
@@ -23,13 +23,26 @@ from torch import Tensor, nn
 from .aggregation import (
     AGGREGATION_OPS,
     CONCAT_NORM_CANNOT_START_AS_SUM,
-    MSCA_CANNOT_START_AS_SUM,
     UPSAMPLE_MODES,
+    baseline_operator,
     build_aggregation,
 )
 from .ms_attention import check_attention_args
 
 __all__ = ["AttentionFPN"]
+
+
+def _check_start_as_sum(ops: Mapping[str, str], levels: Sequence[str], norm: str) -> None:
+    """ValueError naming the levels whose operator cannot start as FPN's sum (the operator says why)."""
+    refused: Dict[str, List[str]] = {}
+    reasons: Dict[str, str] = {}
+    for lvl in levels:
+        why = AGGREGATION_OPS[ops[lvl]].start_as_sum_refusal(norm, top=lvl == levels[-1])
+        if why:
+            refused.setdefault(ops[lvl], []).append(lvl)
+            reasons[ops[lvl]] = why
+    for op, lvls in refused.items():
+        raise ValueError("start_as_fpn=True with {} on {}: {}".format(op, lvls, reasons[op]))
 
 
 def _positive_int(value) -> bool:
@@ -144,7 +157,7 @@ class AttentionFPN(Backbone):
                     raise ValueError(
                         "unknown level {!r} in attention_levels; valid: {}".format(lvl, levels)
                     )
-            ops = {lvl: (aggregation if lvl in attention_levels else "sum") for lvl in levels}
+            ops = {lvl: (aggregation if lvl in attention_levels else baseline_operator()) for lvl in levels}
         elif isinstance(aggregation, Mapping):
             for lvl, op in aggregation.items():
                 if lvl not in levels:
@@ -157,7 +170,7 @@ class AttentionFPN(Backbone):
                             op, lvl, list(AGGREGATION_OPS)
                         )
                     )
-            ops = {lvl: aggregation.get(lvl, "sum") for lvl in levels}
+            ops = {lvl: aggregation.get(lvl, baseline_operator()) for lvl in levels}
         else:
             raise ValueError(
                 "aggregation must be a str or a dict level -> str, got {!r}; valid operators: "
@@ -180,13 +193,8 @@ class AttentionFPN(Backbone):
         )
         if not isinstance(start_as_fpn, bool):
             raise ValueError("start_as_fpn must be a bool, got {!r}".format(start_as_fpn))
-        if start_as_fpn and "msca" in ops.values():
-            raise ValueError("start_as_fpn=True with msca on {}: {}".format(
-                [lvl for lvl, op in ops.items() if op == "msca"], MSCA_CANNOT_START_AS_SUM))
-        # the top level's concat has no fuse conv, so only the others need norm=""
-        if start_as_fpn and norm and "concat" in [ops[lvl] for lvl in levels[:-1]]:
-            raise ValueError("start_as_fpn=True with concat on {}: {}".format(
-                [lvl for lvl in levels[:-1] if ops[lvl] == "concat"], CONCAT_NORM_CANNOT_START_AS_SUM.format(norm)))
+        if start_as_fpn:
+            _check_start_as_sum(ops, levels, norm)
         if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(
                 "unknown upsample_mode {!r}; valid: {} or None".format(
@@ -304,9 +312,11 @@ class AttentionFPN(Backbone):
         ``start_as_fpn=True`` does at construction, for a model already built (the converter of
         :mod:`afa_d2.model_zoo.convert`). ValueError if an operator cannot (msca; concat with a norm).
         """
-        msca = [lvl for lvl, op in self.level_ops.items() if op == "msca"]
-        if msca:  # checked before any weight changes
-            raise ValueError("init_as_fpn with msca on {}: {}".format(msca, MSCA_CANNOT_START_AS_SUM))
+        refused = {op for op in self.level_ops.values() if not AGGREGATION_OPS[op].can_start_as_sum}
+        for op in sorted(refused):  # checked before any weight changes
+            raise ValueError("init_as_fpn with {} on {}: {}".format(
+                op, [lvl for lvl, o in self.level_ops.items() if o == op],
+                AGGREGATION_OPS[op].start_as_sum_refusal(self.fpn_norm, top=False)))
         aggregations = [getattr(self, "fpn_aggregation{}".format(lvl[1:])) for lvl in self.levels]
         normed = [lvl for lvl, agg in zip(self.levels, aggregations)
                   if getattr(getattr(agg, "fuse", None), "norm", None) is not None]

@@ -202,7 +202,7 @@ KERNEL_CACHE_ENV = "AFA_D2_KERNEL_CACHE"
 
 
 def _cache_file() -> str:
-    from afa_d2.model_zoo.hub import cache_root
+    from afa_d2.storage import cache_root
 
     folder = os.environ.get(KERNEL_CACHE_ENV) or os.path.join(cache_root(), "kernels")
     return os.path.join(os.path.abspath(os.path.expanduser(folder)), "{}.json".format(_host_key()))
@@ -225,7 +225,7 @@ def _load_cache() -> None:
 def _save_cache() -> None:
     path = _cache_file()
     try:
-        from afa_d2.engine.checkpoint import atomic_write_text
+        from afa_d2.storage import atomic_write_text
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         record = {"host": {"processor": platform.processor(), "machine": platform.machine(),

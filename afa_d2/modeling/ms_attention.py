@@ -7,11 +7,11 @@ Where each piece comes from:
   projection (eqs. 5-6), computed with :func:`torch.nn.functional.scaled_dot_product_attention`;
 * keys and values are average-pooled before the projection, as in P2T / PVTv2's spatial
   reduction; "multi-scale" pools twice (strides ``r`` and ``2 r``) and concatenates the
-  flattened results (paper §3.3 "Multi-Scale Pooling", SPEC §3 for the reading of "r2i");
+  flattened results (paper §3.3 "Multi-Scale Pooling", docs/DESIGN.md, "The method" for the reading of "r2i");
 * the MLP is PVTv2's DW-MLP (Wang et al., 2021b; timm ``MlpWithDepthwiseConv``): FC (C -> 2C),
   depth-wise 3x3 conv on the query's H x W grid (the position encoding), GELU, FC (2C -> C),
   used in eq. 7 ``p_q = f_q + DW-MLP(LN(f_q + Att))``. The LayerNorm before the MLP is
-  PVTv2's pre-norm; the paper does not state it (SPEC §3, step 4).
+  PVTv2's pre-norm; the paper does not state it (docs/DESIGN.md, "The method", step 4).
 
 Two paths compute the same operator with the same weights. :meth:`MSAttention.forward` (the
 default) works in channels-last tokens end to end: NCHW <-> (N, H*W, C) tokens is a view for

@@ -1,4 +1,4 @@
-"""SwinBottomUp: timm's Swin Transformer as a detectron2 bottom-up (paper Table 6, SPEC §4).
+"""SwinBottomUp: timm's Swin Transformer as a detectron2 bottom-up (paper Table 6, docs/DESIGN.md, "The recipe").
 
 timm (1.0.x) builds ``swin_tiny_patch4_window7_224`` with ``features_only=True`` for any input
 size only with ``strict_img_size=False``; it then returns NHWC maps (96/192/384/768 channels,

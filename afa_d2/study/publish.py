@@ -23,7 +23,7 @@ def publish(output_dir: str, repo: Optional[str] = None) -> List[str]:
     Returns:
         list[str]: the files written.
     """
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     repo = repo or _repo_root()
     with open(os.path.join(output_dir, "study.json")) as f:

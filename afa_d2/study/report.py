@@ -190,7 +190,7 @@ def plot(study: Dict, path: str) -> None:
 
 def write_reports(output_dir: str, study: Dict) -> None:
     """``study.md`` and ``study.png`` beside ``study.json``."""
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     atomic_write_text(markdown(study), os.path.join(output_dir, "study.md"))
     if study["runs"]:

@@ -50,7 +50,7 @@ def load_study(output_dir: str) -> Optional[Dict]:
 
 def write_study(output_dir: str, study: Dict) -> None:
     """Statistics recomputed, then ``study.json``, ``study.md`` and ``study.png`` written (each atomically)."""
-    from afa_d2.engine.checkpoint import atomic_write_text
+    from afa_d2.storage import atomic_write_text
 
     from .report import write_reports
 

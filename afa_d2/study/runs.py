@@ -177,7 +177,7 @@ def _clear_attempt(path: str, resume_iter: Optional[int]) -> None:
     """Undo what a stopped attempt left after its last checkpoint: metrics rows past it, or everything."""
     metrics = os.path.join(path, "metrics.json")
     if os.path.isfile(metrics):
-        from afa_d2.engine.checkpoint import atomic_write_text
+        from afa_d2.storage import atomic_write_text
         from afa_d2.engine.runs import read_metrics
 
         rows = read_metrics(metrics) if resume_iter is not None else []
@@ -228,7 +228,8 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
     from detectron2.config import instantiate
 
     from afa_d2.engine import do_train
-    from afa_d2.engine.checkpoint import AtomicCheckpointer, atomic_write_text
+    from afa_d2.engine.checkpoint import AtomicCheckpointer
+    from afa_d2.storage import atomic_write_text
     from afa_d2.engine.runs import first_test_batches, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
     from afa_d2.runtime import configure_cpu_runtime

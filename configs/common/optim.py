@@ -1,4 +1,4 @@
-"""AdamW as in the paper (SPEC §4): lr 1e-4, betas (0.9, 0.99), no weight decay on norms and biases.
+"""AdamW as in the paper (docs/DESIGN.md, "The recipe"): lr 1e-4, betas (0.9, 0.99), no weight decay on norms and biases.
 
 Weight decay: the paper prints 0.5, which we read as a typo for 0.05 (the usual AdamW
 detection recipe, e.g. Swin / PVTv2 detectors); 0.05 is the default here. To follow the paper

@@ -1,4 +1,4 @@
-"""The paper's 1x schedule, in epochs (SPEC §4): 12 epochs, lr x 0.1 at epochs 8 and 11,
+"""The paper's 1x schedule, in epochs (docs/DESIGN.md, "The recipe"): 12 epochs, lr x 0.1 at epochs 8 and 11,
 linear warm-up over the first 1000 iterations; plus the ``train`` options of afa_d2.engine.
 
 Epochs become iterations at start-up (``afa_d2.engine.schedule.resolve_epoch_schedule``) from

@@ -1,7 +1,7 @@
 """Small-scale Mask R-CNN on the built-in ``shapes`` dataset, sum-up (FPN) aggregation.
 
 The recipe of every ``configs/shapes`` file (the others import it and change a few names):
-CPU-sized, trained from scratch, so it departs from the paper's recipe on purpose (SPEC §4):
+CPU-sized, trained from scratch, so it departs from the paper's recipe on purpose (docs/DESIGN.md, "The recipe"):
 
 - bottom-up: a ResNet-18 at half width (32-64-128-256 channels) with GroupNorm, trainable
   (FrozenBN at random init explodes, and ImageNet weights cannot be downloaded here);

@@ -1,4 +1,4 @@
-"""``shapes``: the built-in synthetic instance-segmentation dataset (SPEC §5).
+"""``shapes``: the built-in synthetic instance-segmentation dataset (docs/DESIGN.md, "The data").
 
 A deterministic, offline stand-in for COCO that is hard enough to tell aggregation
 operators apart, and that holds the paper's claim (global, cross-scale context helps)

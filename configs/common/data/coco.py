@@ -1,6 +1,6 @@
 """COCO 2017 data: train on ``coco_2017_train``, evaluate box and mask AP on ``coco_2017_val``.
 
-The paper's recipe (SPEC §4): shortest edge 800, longest at most 1333, horizontal flip, total
+The paper's recipe (docs/DESIGN.md, "The recipe"): shortest edge 800, longest at most 1333, horizontal flip, total
 batch 8. (detectron2's own ``common/data/coco.py`` samples the shortest edge from 640..800 and
 uses batch 16; the paper uses a single scale.) The paper also mentions a random crop; it is
 optional and left out, add ``L(T.RandomCrop)(crop_type="relative_range", crop_size=(0.8, 0.8))``

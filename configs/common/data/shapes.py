@@ -1,4 +1,4 @@
-"""The built-in ``shapes`` dataset (SPEC §5): train on ``shapes_train``, evaluate on ``shapes_val``.
+"""The built-in ``shapes`` dataset (docs/DESIGN.md, "The data"): train on ``shapes_train``, evaluate on ``shapes_val``.
 
 Generated on first use into ``$AFA_D2_CACHE/shapes`` (no download); images are 192..320 px a
 side with 13 categories (10 shapes + 3 markers that only the scene band tells apart).

@@ -1,4 +1,4 @@
-"""Cascade Mask R-CNN with an attention FPN: the model only (SPEC §3, §4).
+"""Cascade Mask R-CNN with an attention FPN: the model only (docs/DESIGN.md, "The method" and "The recipe").
 
 The Mask R-CNN of ``mask_rcnn_afpn.py`` (same ``AttentionFPN`` backbone, RPN and mask head)
 with detectron2's three-stage cascade box heads from ``common/models/cascade_rcnn.py``
@@ -11,6 +11,6 @@ from .mask_rcnn_afpn import model
 
 model.roi_heads = model_zoo.get_config("common/models/cascade_rcnn.py").model.roi_heads
 
-# SPEC §4: 100 detections per image, for every stage's predictor (the last one is used).
+# docs/DESIGN.md, "The recipe": 100 detections per image, for every stage's predictor (the last one is used).
 for _predictor in model.roi_heads.box_predictors:
     _predictor.test_topk_per_image = 100

@@ -1,4 +1,4 @@
-"""Mask R-CNN with an attention FPN: the model only (SPEC §3, §4).
+"""Mask R-CNN with an attention FPN: the model only (docs/DESIGN.md, "The method" and "The recipe").
 
 detectron2's own ``common/models/mask_rcnn_fpn.py`` with ``FPN`` replaced by
 ``AttentionFPN``; everything else (RPN anchors, RoI heads) is detectron2's. The recipe files
@@ -7,7 +7,7 @@ and change a few names.
 
 Paper recipe, kept as the default: ResNet-50 bottom-up with FrozenBN, initialised from
 ImageNet weights (``train.init_checkpoint`` in ``configs/common/schedule_1x.py``).
-From scratch (no ImageNet weights) FrozenBN at random init explodes (SPEC §4); switch the
+From scratch (no ImageNet weights) FrozenBN at random init explodes (docs/DESIGN.md, "The recipe"); switch the
 bottom-up to trainable norms instead, e.g. on the command line::
 
     model.backbone.bottom_up.stem.norm=GN model.backbone.bottom_up.stages.norm=GN train.init_checkpoint=""
@@ -33,6 +33,6 @@ model.backbone = L(AttentionFPN)(
     top_block=L(LastLevelMaxPool)(),  # p6 = max-pool of p5, as in detectron2
 )
 
-# SPEC §4: RPN NMS 0.7 and 100 detections per image (detectron2's defaults, stated here).
+# docs/DESIGN.md, "The recipe": RPN NMS 0.7 and 100 detections per image (detectron2's defaults, stated here).
 model.proposal_generator.nms_thresh = 0.7
 model.roi_heads.box_predictor.test_topk_per_image = 100

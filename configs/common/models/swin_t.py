@@ -1,4 +1,4 @@
-"""Swin-T bottom-up (timm) for the attention-FPN models (paper Table 6, SPEC §4).
+"""Swin-T bottom-up (timm) for the attention-FPN models (paper Table 6, docs/DESIGN.md, "The recipe").
 
 ``bottom_up`` replaces ``model.backbone.bottom_up`` of ``mask_rcnn_afpn.py`` /
 ``cascade_mask_rcnn_afpn.py``; ``AttentionFPN`` reads channels (96/192/384/768) and strides

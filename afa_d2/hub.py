@@ -31,6 +31,8 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
+from afa_d2.storage import cache_root
+
 __all__ = [
     "ChecksumError",
     "FetchError",
@@ -57,11 +59,6 @@ class ChecksumError(RuntimeError):
 
 class FetchError(RuntimeError):
     """A checkpoint could not be fetched and no usable copy is cached."""
-
-
-def cache_root() -> str:
-    """``$AFA_D2_CACHE`` (default ``~/.cache/afa_d2``), expanded."""
-    return os.path.abspath(os.path.expanduser(os.environ.get("AFA_D2_CACHE") or os.path.join("~", ".cache", "afa_d2")))
 
 
 def expected_hash_prefix(name: str) -> Optional[str]:
