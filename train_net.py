@@ -26,11 +26,20 @@ from detectron2.engine import default_argument_parser
 from afa_d2.cli import known_errors, one_line
 from afa_d2.engine import do_eval_only, do_train, launch, load_config, resolve_epoch_schedule
 from afa_d2.engine.overrides import UnknownConfigKeyError
+from afa_d2.engine.precision import PRECISIONS, PrecisionError, check_precision
 from afa_d2.engine.train_loop import default_setup
 
 logger = logging.getLogger("afa_d2.train_net")
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def is_yacs_file(path: str) -> bool:
+    """A yacs config (upper-case keys), not a run's dumped LazyConfig ``config.yaml`` (which trains and
+    evaluates as its ``.py`` did)."""
+    from afa_d2.model_zoo.build import looks_like_yacs
+
+    return path.endswith(YAML_SUFFIXES) and looks_like_yacs(path)
 
 
 def fall_back_to_cpu(cfg):
@@ -42,7 +51,7 @@ def fall_back_to_cpu(cfg):
 
 
 def main(args):
-    if args.config_file.endswith(YAML_SUFFIXES):
+    if is_yacs_file(args.config_file):
         from afa_d2.engine.yacs import run_yacs
 
         return run_yacs(args)
@@ -58,7 +67,7 @@ def main(args):
         configure_cpu_runtime("evaluation" if args.eval_only else "training")
     logger.info(str(schedule))
     if args.eval_only:
-        return do_eval_only(cfg, resume=args.resume)
+        return do_eval_only(cfg, resume=args.resume, precision=args.precision, force_precision=args.force_precision)
     return do_train(cfg, resume=args.resume, progress_bar=args.progress)
 
 
@@ -66,6 +75,11 @@ def argument_parser():
     """train_net.py's command line: detectron2's ``default_argument_parser`` plus ``--progress``."""
     parser = default_argument_parser()
     parser.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="with --eval-only: run the model in this precision under autocast (bf16 on CPUs with "
+                        "native bf16 and on GPUs, fp16 on GPUs); outputs are fp32")
+    parser.add_argument("--force-precision", action="store_true",
+                        help="run --precision even where the host has no fast path for it")
     return parser
 
 
@@ -78,7 +92,7 @@ def parse_args(argv=None, parser=None):
         parser.error("--config-file is required")
     if not os.path.isfile(args.config_file):
         parser.error("--config-file {!r}: no such file (cwd: {})".format(args.config_file, os.getcwd()))
-    if not args.config_file.endswith(YAML_SUFFIXES):
+    if not is_yacs_file(args.config_file):
         try:  # fail before launching workers: unknown override keys, bad config files
             cfg = load_config(args.config_file, args.opts)
         except UnknownConfigKeyError as e:
@@ -87,6 +101,15 @@ def parse_args(argv=None, parser=None):
             instantiate(cfg.model)
         except ValueError as e:
             parser.error("the model of {} cannot be built: {}".format(args.config_file, one_line(e)))
+        if args.precision != "fp32":
+            if not args.eval_only:
+                parser.error("--precision {} is for --eval-only (training precision: train.amp.enabled)".format(
+                    args.precision))
+            fall_back_to_cpu(cfg)
+            try:
+                check_precision(args.precision, cfg.train.device, force=args.force_precision)
+            except PrecisionError as e:
+                parser.error(str(e))
     return args
 
 

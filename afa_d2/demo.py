@@ -219,14 +219,14 @@ def draw_predictions(cfg, checkpoint: str, dataset_name: str, path: str, num_ima
     import cv2
     import numpy as np
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
 
-    model = instantiate(cfg.model).to(cfg.train.device).eval()
-    DetectionCheckpointer(model).load(checkpoint)
+    from afa_d2.model_zoo.build import build_model
+
+    model = build_model(cfg, checkpoint, cfg.train.device, seed=None, config_name="the demo's config")
     metadata = MetadataCatalog.get(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)[:num_images]
     test_loader = instantiate(cfg.dataloader.test)

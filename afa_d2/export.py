@@ -342,23 +342,14 @@ def describe_sizes(meta: Dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------- images
 def read_image(path: str, input_format: str = "BGR") -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 array in ``input_format`` ("BGR" or "RGB"), EXIF-rotated.
+    """:func:`afa_d2.data.read_image`, its error as :class:`ExportError` (the runner's one error type)."""
+    from afa_d2.data import ImageReadError
+    from afa_d2.data import read_image as read
 
-    Raises:
-        ExportError: one line naming the file, when it is missing or not a readable image.
-    """
-    from detectron2.data.detection_utils import read_image as d2_read_image
-
-    if not os.path.isfile(path):
-        raise ExportError("image {!r}: no such file".format(path))
     try:
-        image = d2_read_image(path, format=input_format)
-    except Exception as e:  # PIL's UnidentifiedImageError, a truncated file, ...
-        raise ExportError("image {!r} is not a readable image file ({}: {})".format(
-            path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")) from None
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ExportError("image {!r} has shape {}; expected (H, W, 3)".format(path, image.shape))
-    return image
+        return read(path, input_format)
+    except ImageReadError as err:
+        raise ExportError(str(err)) from None
 
 
 def _as_model_input(image: Union[str, os.PathLike, np.ndarray, Tensor], input_format: str) -> np.ndarray:
@@ -431,26 +422,19 @@ def load_model(config, weights: Optional[str] = None, overrides: Sequence[str] =
         afa_d2.model_zoo.CheckpointMismatchError: one line, the tensors that differ in shape, are
             missing, or are not in the model.
     """
-    from detectron2.config import instantiate
-
-    from afa_d2.engine import apply_overrides, load_config
-    from afa_d2.model_zoo import get_config, load_fitting
+    from afa_d2.engine import apply_overrides
+    from afa_d2.model_zoo.build import build_model, load_any_config
 
     if isinstance(config, (str, os.PathLike)):
-        config = os.fspath(config)
-        cfg = load_config(config, list(overrides)) if os.path.isfile(config) else apply_overrides(
-            get_config(config), list(overrides))
-        name = config
+        name = os.fspath(config)
+        cfg = load_any_config(name, list(overrides))
     else:
         cfg = apply_overrides(config, list(overrides))
         name = "the given config"
-    model = instantiate(cfg.model).to(device).eval()
     path = weights if weights is not None else cfg.train.get("init_checkpoint", "")
     if not path:
         logger.warning("Exporting %s with random weights (no --weights, no train.init_checkpoint)", name)
-        return model, cfg
-    load_fitting(model, path, name)
-    return model, cfg
+    return build_model(cfg, path or None, device, seed=None, config_name=name), cfg
 
 
 def _describe_model(model: nn.Module) -> Dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from afa_d2.engine.precision import check_precision, outputs_to_fp32, precision_scope
+
 __all__ = ["Predictor"]
 
 logger = logging.getLogger(__name__)
@@ -36,36 +38,38 @@ class Predictor:
         device (str): default "cuda" when available, else "cpu".
         opts (list[str]): config overrides ``key=value``.
         trained (bool): with a zoo name, load its published checkpoint.
+        precision (str): "fp32" (default), "bf16" (CPUs with native bf16, GPUs) or "fp16" (GPUs): the model
+            runs under ``torch.autocast``, the detections come back in fp32
+            (:mod:`afa_d2.engine.precision`; refused in one line where the device has no fast path).
+        force_precision (bool): run ``precision`` even without a fast path.
     """
 
     def __init__(self, config: Union[str, Any], weights: Optional[str] = None, device: Optional[str] = None, *,
-                 opts: Sequence[str] = (), trained: bool = False):
-        import os
-
+                 opts: Sequence[str] = (), trained: bool = False, precision: str = "fp32",
+                 force_precision: bool = False):
         from detectron2.config import instantiate
         from detectron2.data import transforms as T
 
-        from afa_d2.engine import apply_overrides, load_config
-        from afa_d2.engine.checkpoint import AtomicCheckpointer
-        from afa_d2.model_zoo import get_config
+        from afa_d2.engine import apply_overrides
+        from afa_d2.model_zoo.build import build_model, load_any_config
 
         if isinstance(config, str):
-            cfg = load_config(config, list(opts)) if os.path.isfile(config) else apply_overrides(
-                get_config(config, trained=trained), list(opts))
+            cfg = load_any_config(config, list(opts), trained=trained)
         else:
             cfg = apply_overrides(config, list(opts))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_precision(precision, self.device, force=force_precision)
+        self.precision = precision
         if self.device == "cpu":
             from afa_d2.runtime import configure_cpu_runtime
 
             configure_cpu_runtime("the predictor")
         self.cfg = cfg
-        self.model = instantiate(cfg.model).to(self.device).eval()
         path = weights if weights is not None else cfg.train.get("init_checkpoint", "")
-        if path:
-            AtomicCheckpointer(self.model, strict_shapes=True).load(path)
-        else:
+        if not path:
             logger.warning("Predictor without weights: the model is randomly initialised")
+        self.model = build_model(cfg, path or None, self.device, seed=None,
+                                 config_name=config if isinstance(config, str) else "the given config")
         if self.device == "cpu":
             from afa_d2.runtime import prepare_for_cpu_inference
 
@@ -93,5 +97,6 @@ class Predictor:
         aug_input = T.AugInput(image)
         self.aug(aug_input)
         tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).to(self.device)
-        with torch.no_grad():
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]
+        with torch.no_grad(), precision_scope(self.precision, self.device):
+            out = self.model([{"image": tensor, "height": height, "width": width}])[0]
+        return outputs_to_fp32(out)

@@ -39,15 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .analysis import (
-    AnalysisInputError,
-    build_model,
-    find_pyramid,
-    input_format,
-    load_any_config,
-    operator_label,
-    inference_augmentations,
-)
+from afa_d2.model_zoo.build import build_model, inference_augmentations, input_format, load_any_config
+
+from .analysis import AnalysisInputError, find_pyramid, operator_label
 from .cli import known_errors, one_line
 
 __all__ = [
@@ -190,21 +184,18 @@ def load_model(spec: str, opts: Sequence[str] = (), *, label: Optional[str] = No
 
 # ----------------------------------------------------------------------------------- images
 def read_image(path: str) -> np.ndarray:
-    """An image file as an RGB array of shape (H, W, 3), uint8 (EXIF orientation applied).
+    """An image file as an RGB array of shape (H, W, 3), uint8 (:func:`afa_d2.data.read_image`).
 
     Raises:
         VisualizeInputError: no such file, or not an image PIL can read.
     """
-    from detectron2.data.detection_utils import read_image as d2_read
-    from PIL import UnidentifiedImageError
+    from afa_d2.data import ImageReadError
+    from afa_d2.data import read_image as read
 
-    if not os.path.isfile(path):
-        raise VisualizeInputError("image {!r}: no such file (cwd: {})".format(path, os.getcwd()))
     try:
-        return np.ascontiguousarray(d2_read(path, format="RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise VisualizeInputError("image {!r} cannot be read as an image ({}): give a PNG or JPEG file".format(
-            path, one_line(e))) from e
+        return np.ascontiguousarray(read(path, "RGB"))
+    except ImageReadError as e:
+        raise VisualizeInputError(str(e)) from None
 
 
 def dataset_records(name: str, num_images: int, start: int = 0) -> List[dict]:

@@ -265,7 +265,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
     line = _error(capsys, ["predictions", "--model", msca, "--images", str(bad)])
-    assert "cannot be read as an image" in line and "broken.png" in line
+    assert "is not a readable image file" in line and "broken.png" in line
     line = _error(capsys, ["predictions", "--model", msca, "--images", str(tmp_path / "missing.png")])
     assert "no such file" in line
     line = _error(capsys, ["predictions", "--model", "shapes/mask_rcnn_R_18_mscx.py", "--images", img])

@@ -6,13 +6,14 @@ a dataset is first loaded).
 """
 from . import builtin as _builtin  # noqa: F401  (registration)
 from .builtin import DATASET_LAYOUT, DatasetNotFoundError, check_dataset_files
-from .mapper import DatasetMapper, ImageReadError
+from .mapper import DatasetMapper, ImageReadError, read_image
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import register_shapes, shapes_split_names
 
 __all__ = [
     "DatasetMapper",
     "ImageReadError",
+    "read_image",
     "DatasetNotFoundError",
     "check_dataset_files",
     "DATASET_LAYOUT",

@@ -24,7 +24,7 @@ import os
 
 from detectron2.data import DatasetMapper as _D2DatasetMapper
 
-__all__ = ["DatasetMapper", "ImageReadError"]
+__all__ = ["DatasetMapper", "ImageReadError", "read_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,27 @@ class ImageReadError(FileNotFoundError):
 
     (A ``FileNotFoundError``, i.e. an ``OSError``, so that code catching either keeps working.)
     """
+
+
+def read_image(path: str, input_format: str = "BGR"):
+    """An image file as an (H, W, 3) uint8 array in ``input_format`` ("BGR" or "RGB"), EXIF-rotated: what
+    a config's ``input_format`` expects (the tools that read one image: export, visualize, the predictor).
+
+    Raises:
+        ImageReadError: one line naming the file, when it is missing, not a readable image, or not 3-channel.
+    """
+    from detectron2.data.detection_utils import read_image as d2_read_image
+
+    if not os.path.isfile(path):
+        raise ImageReadError("image {!r}: no such file (cwd: {})".format(path, os.getcwd()))
+    try:
+        image = d2_read_image(path, format=input_format)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError, a truncated file, ...
+        raise ImageReadError("image {!r} is not a readable image file ({}: {}): give a PNG or JPEG file".format(
+            path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")) from None
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageReadError("image {!r} has shape {}; expected (H, W, 3)".format(path, image.shape))
+    return image
 
 
 class DatasetMapper(_D2DatasetMapper):

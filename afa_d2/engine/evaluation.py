@@ -11,6 +11,7 @@ from detectron2.utils import comm
 
 from .checkpoint import AtomicCheckpointer
 from .ddp import create_ddp_model
+from .precision import PrecisionModel, check_precision
 
 __all__ = ["build_evaluator", "do_test", "do_eval_only"]
 
@@ -36,8 +37,9 @@ def build_evaluator(cfg):
     return _build(names if isinstance(names, str) else names[0], out)
 
 
-def do_test(cfg, model) -> Dict[str, Any]:
-    """Evaluate ``model`` on ``cfg.dataloader.test``; returns detectron2's nested results dict."""
+def do_test(cfg, model, precision: str = "fp32") -> Dict[str, Any]:
+    """Evaluate ``model`` on ``cfg.dataloader.test`` in ``precision`` (:mod:`.precision`: autocast, outputs
+    in fp32); returns detectron2's nested results dict."""
     if "test" not in cfg.dataloader:
         return {}
     evaluator = build_evaluator(cfg)
@@ -47,15 +49,21 @@ def do_test(cfg, model) -> Dict[str, Any]:
         from afa_d2.runtime import prepare_for_cpu_inference
 
         prepare_for_cpu_inference(model, channels_last=False)
+    if precision != "fp32":
+        model = PrecisionModel(model, precision, cfg.train.device)
     ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process() and ret:
         print_csv_format(ret)
     return ret or {}
 
 
-def do_eval_only(cfg, *, resume: bool = False) -> Dict[str, Any]:
+def do_eval_only(cfg, *, resume: bool = False, precision: str = "fp32",
+                 force_precision: bool = False) -> Dict[str, Any]:
     """Load weights (the last checkpoint with ``resume``, else ``train.init_checkpoint``) and
-    evaluate. A checkpoint whose shapes do not fit raises :class:`CheckpointShapeError`."""
+    evaluate in ``precision`` ("fp32", "bf16", "fp16"; :func:`.precision.check_precision` refuses what the
+    device cannot run fast, unless ``force_precision``). A checkpoint whose shapes do not fit raises
+    :class:`CheckpointShapeError`."""
+    check_precision(precision, cfg.train.device, force=force_precision)
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, strict_shapes=True)
@@ -71,6 +79,6 @@ def do_eval_only(cfg, *, resume: bool = False) -> Dict[str, Any]:
 
         prepare_for_cpu_inference(model)
     model = create_ddp_model(model)
-    return do_test(cfg, model)
+    return do_test(cfg, model, precision)
 
 

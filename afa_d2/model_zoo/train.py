@@ -49,7 +49,6 @@ def train_one(config: str, run_dir: str, *, max_iter: int, num_train: int, num_v
 
     from afa_d2.data import shapes_split_names
     from afa_d2.engine import do_train, fit_schedule_to_iters, load_config, resolve_epoch_schedule
-    from afa_d2.engine.checkpoint import AtomicCheckpointer
     from afa_d2.storage import atomic_write_text
     from afa_d2.engine.runs import cpu_loader_workers, first_test_batches, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
@@ -80,10 +79,9 @@ def train_one(config: str, run_dir: str, *, max_iter: int, num_train: int, num_v
     results = do_train(cfg, resume=False)
     train_seconds = time.perf_counter() - t0
 
-    from detectron2.config import instantiate
+    from .build import build_model
 
-    model = instantiate(cfg.model).to(cfg.train.device).eval()
-    AtomicCheckpointer(model, run_dir, strict_shapes=True).load(os.path.join(run_dir, "model_final.pth"))
+    model = build_model(cfg, os.path.join(run_dir, "model_final.pth"), cfg.train.device, seed=None, config_name=config)
     per_image = seconds_per_image(model, first_test_batches(cfg, INFERENCE_IMAGES + 1))
     record = {
         "config": config,

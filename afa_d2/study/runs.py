@@ -225,10 +225,9 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
         sharing (int): runs that share the host meanwhile (recorded beside the timings).
     """
     import torch
-    from detectron2.config import instantiate
 
     from afa_d2.engine import do_train
-    from afa_d2.engine.checkpoint import AtomicCheckpointer
+    from afa_d2.model_zoo.build import build_model
     from afa_d2.storage import atomic_write_text
     from afa_d2.engine.runs import first_test_batches, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
@@ -262,8 +261,7 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
         raise StudyRunError("run {}/seed{} ended without an evaluation (see {})".format(
             arm.name, seed, os.path.join(path, "log.txt")))
 
-    model = instantiate(cfg.model).eval()
-    AtomicCheckpointer(model, path, strict_shapes=True).load(os.path.join(path, "model_final.pth"))
+    model = build_model(cfg, os.path.join(path, "model_final.pth"), "cpu", seed=None, config_name=arm.config)
     per_image = seconds_per_image(model, first_test_batches(cfg, INFERENCE_IMAGES + 1))
     for f in os.listdir(path):  # the final weights stay; the resume points are not needed any more
         if re.match(r"model_\d+\.pth$", f):
