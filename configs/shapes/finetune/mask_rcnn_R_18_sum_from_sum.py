@@ -14,21 +14,12 @@ recipe, shared by the four files:
   (the new blocks start at random or as FPN). The study sets the length (half of the base's
   iterations) with ``afa_d2.engine.fit_schedule_to_iters``, which keeps these fractions.
 """
-from afa_d2.solver import finetune_param_groups
-from detectron2.config import LazyCall as L
-
+from ...common.optim import finetune_params
 from ..mask_rcnn_R_18_sum import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.aggregation = "sum"
 
-optimizer.params = L(finetune_param_groups)(
-    base_lr="${..lr}",
-    new_prefixes=["backbone.fpn_aggregation"],
-    pretrained_lr_factor=0.1,
-    weight_decay="${..weight_decay}",
-    weight_decay_norm=0.0,
-    weight_decay_bias=0.0,
-)
+optimizer.params = finetune_params
 train.init_checkpoint = ""  # the trained sum-up model: the study sets it per seed
 train.epochs = 3
 train.eval_period_epochs = 3
