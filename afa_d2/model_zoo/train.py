@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Dict, Optional, Sequence
 
-__all__ = ["ZOO_CONFIGS", "DEFAULT_MAX_ITER", "train_one", "train_zoo", "main"]
+__all__ = ["ZOO_CONFIGS", "DEFAULT_MAX_ITER", "shapes_run_config", "train_and_time", "train_one", "train_zoo", "main"]
 
 ZOO_CONFIGS = (
     "shapes/mask_rcnn_R_18_sum.py",
@@ -37,6 +37,77 @@ INFERENCE_IMAGES = 20
 RUN_RECORD = "zoo_run.json"
 
 
+def shapes_run_config(config: str, run_dir: str, *, max_iter: int, num_train: int, num_val: int, seed: int = 0,
+                      workers: Optional[int] = None, opts: Sequence[str] = (), device: Optional[str] = None,
+                      checkpoints: int = 1):
+    """The LazyConfig of a run of ``config`` on ``shapes``: the recipe re-sized to ``max_iter`` iterations.
+
+    The one training set-up of the zoo trainer and the operator study (``afa_d2.study``): ``config`` (a zoo
+    name or a file) with ``opts``, the ``shapes`` splits of ``num_train`` / ``num_val`` images, ``seed``, the
+    loader ``workers`` (default: :func:`~afa_d2.engine.runs.cpu_loader_workers`), ``device`` (default: the
+    config's where CUDA is there, else "cpu"), and ``checkpoints`` evenly spaced checkpoints (the last at the
+    end), the schedule resolved.
+    """
+    import torch
+
+    from afa_d2.data import shapes_split_names
+    from afa_d2.engine import fit_schedule_to_iters, load_config, resolve_epoch_schedule
+    from afa_d2.engine.runs import cpu_loader_workers
+
+    names = shapes_split_names(num_train, num_val)
+    cfg = load_config(_config_file(config), list(opts))
+    cfg.dataloader.train.dataset.names = names["train"]
+    cfg.dataloader.test.dataset.names = names["val"]
+    cfg.train.output_dir = run_dir
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() and str(cfg.train.device).startswith("cuda") else "cpu"
+    cfg.train.device = device
+    cfg.train.seed = seed
+    cfg.dataloader.train.num_workers = cpu_loader_workers() if workers is None else workers
+    fit_schedule_to_iters(cfg, num_train, max_iter)
+    if checkpoints > 1:
+        cfg.train.checkpointer.period_epochs = float(cfg.train.epochs) / checkpoints
+        cfg.train.checkpointer.max_to_keep = 1
+    resolve_epoch_schedule(cfg, num_images=num_train)
+    return cfg
+
+
+def _config_file(config: str) -> str:
+    from .catalog import get_config_file
+
+    return config if os.path.isfile(config) else get_config_file(config)
+
+
+def train_and_time(cfg, config: str, opts: Sequence[str] = (), *, resume: bool = False,
+                   inference_images: int = INFERENCE_IMAGES) -> Dict:
+    """Train ``cfg`` in this process (detectron2's set-up: log, ``config.yaml``), then time inference.
+
+    Returns:
+        dict: ``results`` (the final evaluation, detectron2's nested dict), ``train_seconds``, and
+        ``inference_seconds_per_image`` of the final weights (eval mode, ``inference_images`` val images
+        after one untimed).
+    """
+    from afa_d2.engine import do_train
+    from afa_d2.engine.runs import first_test_batches, seconds_per_image
+    from afa_d2.engine.train_loop import default_setup
+
+    from .build import build_model
+
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    default_setup(cfg, argparse.Namespace(config_file=_config_file(config), opts=list(opts), eval_only=False))
+    if cfg.train.device == "cpu":
+        from afa_d2.runtime import configure_cpu_runtime
+
+        configure_cpu_runtime("training {}".format(config))
+    t0 = time.perf_counter()
+    results = do_train(cfg, resume=resume)
+    train_seconds = time.perf_counter() - t0
+    model = build_model(cfg, os.path.join(cfg.train.output_dir, "model_final.pth"), cfg.train.device, seed=None,
+                        config_name=config)
+    per_image = seconds_per_image(model, first_test_batches(cfg, inference_images + 1))
+    return {"results": results, "train_seconds": train_seconds, "inference_seconds_per_image": per_image}
+
+
 def train_one(config: str, run_dir: str, *, max_iter: int, num_train: int, num_val: int, seed: int = 0,
               threads: Optional[int] = None, workers: Optional[int] = None,
               opts: Sequence[str] = ()) -> Dict:
@@ -48,41 +119,16 @@ def train_one(config: str, run_dir: str, *, max_iter: int, num_train: int, num_v
     import torch
 
     from afa_d2.data import shapes_split_names
-    from afa_d2.engine import do_train, fit_schedule_to_iters, load_config, resolve_epoch_schedule
-    from afa_d2.storage import atomic_write_text
-    from afa_d2.engine.runs import cpu_loader_workers, first_test_batches, seconds_per_image
-    from afa_d2.engine.train_loop import default_setup
     from afa_d2.evaluation import summarize_results
-
-    from .catalog import get_config_file
+    from afa_d2.storage import atomic_write_text
 
     if threads:
         torch.set_num_threads(threads)
-    os.makedirs(run_dir, exist_ok=True)
     names = shapes_split_names(num_train, num_val)
-    cfg = load_config(get_config_file(config), list(opts))
-    cfg.dataloader.train.dataset.names = names["train"]
-    cfg.dataloader.test.dataset.names = names["val"]
-    cfg.train.output_dir = run_dir
-    cfg.train.device = "cuda" if torch.cuda.is_available() and str(cfg.train.device).startswith("cuda") else "cpu"
-    cfg.train.seed = seed
-    cfg.dataloader.train.num_workers = cpu_loader_workers() if workers is None else workers
-    fit_schedule_to_iters(cfg, num_train, max_iter)
-    resolve_epoch_schedule(cfg, num_images=num_train)
-    # detectron2's set-up: the log (console and <run_dir>/log.txt), config.yaml (read when publishing)
-    default_setup(cfg, argparse.Namespace(config_file=get_config_file(config), opts=list(opts), eval_only=False))
-    if cfg.train.device == "cpu":
-        from afa_d2.runtime import configure_cpu_runtime
-
-        configure_cpu_runtime("training {}".format(config))
-    t0 = time.perf_counter()
-    results = do_train(cfg, resume=False)
-    train_seconds = time.perf_counter() - t0
-
-    from .build import build_model
-
-    model = build_model(cfg, os.path.join(run_dir, "model_final.pth"), cfg.train.device, seed=None, config_name=config)
-    per_image = seconds_per_image(model, first_test_batches(cfg, INFERENCE_IMAGES + 1))
+    cfg = shapes_run_config(config, run_dir, max_iter=max_iter, num_train=num_train, num_val=num_val, seed=seed,
+                            workers=workers, opts=opts)
+    done = train_and_time(cfg, config, opts)
+    results, train_seconds, per_image = done["results"], done["train_seconds"], done["inference_seconds_per_image"]
     record = {
         "config": config,
         "config_overrides": list(opts),

@@ -13,7 +13,6 @@ same fingerprint train the same model.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -22,7 +21,6 @@ import math
 import os
 import re
 import statistics
-import time
 from typing import Any, Dict, Optional
 
 from .design import Arm, StudyDesign
@@ -52,39 +50,22 @@ def _init_ref(arm_name: str, seed: int) -> str:
 
 
 def run_config(design: StudyDesign, arm: Arm, seed: int, output_dir: str):
-    """The LazyConfig of run (``arm``, ``seed``): the arm's config and overrides, then the recipe.
+    """The LazyConfig of run (``arm``, ``seed``): the arm's config and overrides, then the recipe
+    (:func:`afa_d2.model_zoo.train.shapes_run_config`: the zoo trainer's set-up, on the CPU, data loaded in
+    the main process for an exact resume, four checkpoints to resume from).
 
     ``train.init_checkpoint`` is :func:`_init_ref` for an arm that starts from another; the runner puts
     the file's path there when it trains.
     """
-    from afa_d2.data import shapes_split_names
-    from afa_d2.engine import fit_schedule_to_iters, load_config, resolve_epoch_schedule
+    from afa_d2.model_zoo.train import shapes_run_config
 
-    cfg = load_config(_config_file(arm.config), list(arm.overrides))
     recipe = design.recipe
-    names = shapes_split_names(recipe.num_train, recipe.num_val)
-    cfg.dataloader.train.dataset.names = names["train"]
-    cfg.dataloader.test.dataset.names = names["val"]
-    cfg.dataloader.train.num_workers = 0  # exact resume; worker processes would re-seed themselves
-    cfg.train.output_dir = run_dir(output_dir, arm, seed)
-    cfg.train.seed = int(seed)
-    cfg.train.device = "cpu"
+    cfg = shapes_run_config(arm.config, run_dir(output_dir, arm, seed), max_iter=design.iterations(arm),
+                            num_train=recipe.num_train, num_val=recipe.num_val, seed=int(seed), workers=0,
+                            opts=arm.overrides, device="cpu", checkpoints=CHECKPOINTS_PER_RUN)
     if arm.init_from:
         cfg.train.init_checkpoint = _init_ref(arm.init_from, seed)
-    iters = design.iterations(arm)
-    fit_schedule_to_iters(cfg, recipe.num_train, iters)
-    cfg.train.checkpointer.period_epochs = float(cfg.train.epochs) / CHECKPOINTS_PER_RUN
-    cfg.train.checkpointer.max_to_keep = 1
-    resolve_epoch_schedule(cfg, num_images=recipe.num_train)
     return cfg
-
-
-def _config_file(config: str) -> str:
-    from afa_d2.model_zoo.catalog import get_config_file
-
-    if os.path.isfile(config):
-        return config
-    return get_config_file(config)
 
 
 def _plain(value: Any) -> Any:
@@ -226,12 +207,8 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
     """
     import torch
 
-    from afa_d2.engine import do_train
-    from afa_d2.model_zoo.build import build_model
+    from afa_d2.model_zoo.train import train_and_time
     from afa_d2.storage import atomic_write_text
-    from afa_d2.engine.runs import first_test_batches, seconds_per_image
-    from afa_d2.engine.train_loop import default_setup
-    from afa_d2.runtime import configure_cpu_runtime
 
     torch.set_num_threads(design.recipe.threads)
     cfg = run_config(design, arm, seed, output_dir)
@@ -245,24 +222,18 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
                 arm.name, seed, arm.init_from, seed, init_checkpoint))
         cfg.train.init_checkpoint = init_checkpoint
     os.makedirs(path, exist_ok=True)
-    atomic_write_text(json.dumps({"arm": arm.name, "seed": seed, "fingerprint": fp, "study": design.name}, indent=1),
-           os.path.join(path, RUN_MARK))
+    atomic_write_text(json.dumps({"arm": arm.name, "seed": seed, "fingerprint": fp, "study": design.name},
+                                 indent=1), os.path.join(path, RUN_MARK))
     resume_iter = _last_checkpoint_iter(path)
     _clear_attempt(path, resume_iter)
-    default_setup(cfg, argparse.Namespace(config_file=_config_file(arm.config), opts=list(arm.overrides),
-                                          eval_only=False))
-    configure_cpu_runtime("study run {}/seed{}".format(arm.name, seed))
     if resume_iter is not None:
         logger.info("Resuming %s/seed%d from its checkpoint at iteration %d", arm.name, seed, resume_iter)
-    t0 = time.perf_counter()
-    results = do_train(cfg, resume=resume_iter is not None)
-    wall = time.perf_counter() - t0
+    done = train_and_time(cfg, arm.config, arm.overrides, resume=resume_iter is not None,
+                          inference_images=INFERENCE_IMAGES)
+    results = done["results"]
     if not results:
         raise StudyRunError("run {}/seed{} ended without an evaluation (see {})".format(
             arm.name, seed, os.path.join(path, "log.txt")))
-
-    model = build_model(cfg, os.path.join(path, "model_final.pth"), "cpu", seed=None, config_name=arm.config)
-    per_image = seconds_per_image(model, first_test_batches(cfg, INFERENCE_IMAGES + 1))
     for f in os.listdir(path):  # the final weights stay; the resume points are not needed any more
         if re.match(r"model_\d+\.pth$", f):
             os.remove(os.path.join(path, f))
@@ -272,9 +243,10 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
         "fingerprint": fp,
         "metrics": flat_metrics(results),
         "iterations": int(cfg.train.max_iter),
-        "time": {"train_s_per_iter": _train_seconds_per_iter(path), "inference_s_per_image": per_image,
-                 "wall_s": round(wall, 1), "threads": torch.get_num_threads(), "runs_sharing_host": sharing,
-                 "peak_rss_mib": _peak_rss_mib()},
+        "time": {"train_s_per_iter": _train_seconds_per_iter(path),
+                 "inference_s_per_image": done["inference_seconds_per_image"],
+                 "wall_s": round(done["train_seconds"], 1), "threads": torch.get_num_threads(),
+                 "runs_sharing_host": sharing, "peak_rss_mib": _peak_rss_mib()},
         "run_dir": path,
     }
     atomic_write_text(json.dumps(record, indent=1), os.path.join(path, RUN_RECORD))
