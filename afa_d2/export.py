@@ -474,6 +474,7 @@ class ExportInfo:
     roi_heads: str
     operators: Dict[str, str]
     detections_on_sample: int
+    class_names: List[str] = field(default_factory=list)
     seconds: float = 0.0
     max_abs_diff: Dict[str, float] = field(default_factory=dict)
 
@@ -544,6 +545,7 @@ def export_model(
     resize: Optional[Dict[str, Any]] = None,
     verify: bool = True,
     tolerance: float = 1e-3,
+    class_names: Sequence[str] = (),
 ) -> ExportInfo:
     """Trace a detectron2 R-CNN (an afa_d2 Mask / Cascade Mask R-CNN) and write it as ONNX or TorchScript.
 
@@ -610,7 +612,8 @@ def export_model(
             padded_size=[ph, pw], min_padded_size=low, max_padded_size=high, height_range=height_range,
             width_range=width_range, size_divisibility=div, square_size=square, resize=resize,
             masks="probabilities (N, 1, M, M) in the box frame, before pasting" if MASK_OUTPUT in names else "none",
-            detections_on_sample=int(reference[0].shape[0]) if reference else 0, **_describe_model(model),
+            detections_on_sample=int(reference[0].shape[0]) if reference else 0,
+            class_names=[str(c) for c in class_names], **_describe_model(model),
         )
         record = json.dumps(info.metadata(), sort_keys=True)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -688,7 +691,18 @@ def export_config(
         array = aug.get_transform(array).apply_image(array)
     sample = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)), dtype=torch.float32)
     return export_model(model, output, format=format, sample=sample, opset=opset, input_format=input_format,
-                        resize=resize, verify=verify)
+                        resize=resize, verify=verify, class_names=_class_names(cfg))
+
+
+def _class_names(cfg) -> List[str]:
+    """The test dataset's class names (detectron2's metadata ``thing_classes``), or [] where unknown."""
+    from detectron2.data import MetadataCatalog
+
+    names = cfg.dataloader.test.dataset.get("names", None) if "test" in cfg.dataloader else None
+    if not names:
+        return []
+    name = names if isinstance(names, str) else names[0]
+    return list(MetadataCatalog.get(name).get("thing_classes", None) or [])
 
 
 # --------------------------------------------------------------------------------------- running
@@ -776,6 +790,7 @@ def run_exported(
     *,
     mask_threshold: float = 0.5,
     device: str = "cpu",
+    draw_threshold: float = 0.5,
 ) -> Dict[str, Any]:
     """Detections of an exported model on one image, in the image's own pixels; optionally written to files.
 
@@ -788,6 +803,7 @@ def run_exported(
             or a (3, H, W) tensor already in the model's format.
         output (str or None): a ``.json`` file to write (:func:`write_detections`), with a ``.png`` beside it.
         mask_threshold (float): probability above which a pasted mask pixel is on.
+        draw_threshold (float): the least score of a detection drawn in the picture (:func:`write_detections`).
 
     Returns:
         dict: ``boxes`` (N, 4) float32 XYXY, ``scores`` (N,), ``classes`` (N,) int64, ``mask_probs``
@@ -821,6 +837,7 @@ def run_exported(
     if mask_probs is not None:
         mask_probs = mask_probs[result.index]
     dets: Dict[str, Any] = {
+        "class_names": list(meta.get("class_names") or []),
         "boxes": result.pred_boxes.tensor.numpy().astype(np.float32),
         "scores": result.scores.numpy().astype(np.float32),
         "classes": result.pred_classes.numpy().astype(np.int64),
@@ -830,20 +847,49 @@ def run_exported(
         dets["mask_probs"] = mask_probs[:, 0].numpy().astype(np.float32)
         dets["masks"] = result.pred_masks.numpy().astype(bool)
     if output is not None:
-        write_detections(dets, output, source=str(getattr(exported, "path", path)))
+        rgb = np.ascontiguousarray(_as_model_input(image, "RGB"))
+        write_detections(dets, output, source=str(getattr(exported, "path", path)), image=rgb,
+                         draw_threshold=draw_threshold)
     return dets
 
 
-def write_detections(dets: Dict[str, Any], output: str, source: str = "") -> Tuple[str, Optional[str]]:
-    """Write :func:`run_exported`'s detections: a JSON file and, with masks, a PNG beside it.
+def _class_name(dets: Dict[str, Any], i: int) -> Optional[str]:
+    names = dets.get("class_names") or []
+    c = int(dets["classes"][i])
+    return names[c] if 0 <= c < len(names) else None
 
-    JSON: ``image_size``, ``model``, and per detection ``box`` (XYXY), ``score``, ``class``, and ``mask``
-    (COCO RLE of the pasted mask, ``{"size": [H, W], "counts": str}``). PNG (``<output stem>.png``):
-    the instance map, uint16, pixel = 1 + the index of the highest-scoring detection covering it, 0 for
-    none.
+
+def draw_detections(rgb: np.ndarray, dets: Dict[str, Any]) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with the detections drawn: boxes, masks, "<class name> <score>%" labels."""
+    from detectron2.data.catalog import Metadata
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    inst = Instances(tuple(dets["image_size"]))
+    inst.pred_boxes = Boxes(torch.as_tensor(dets["boxes"]))
+    inst.scores = torch.as_tensor(dets["scores"])
+    inst.pred_classes = torch.as_tensor(dets["classes"])
+    if dets.get("masks") is not None:
+        inst.pred_masks = torch.as_tensor(dets["masks"])
+    names = list(dets.get("class_names") or [])
+    if not names:  # an export without names: the class numbers
+        names = [str(c) for c in range(int(max(dets["classes"], default=-1)) + 1)]
+    return Visualizer(rgb, metadata=Metadata(thing_classes=names)).draw_instance_predictions(inst).get_image()
+
+
+def write_detections(dets: Dict[str, Any], output: str, source: str = "",
+                     image: Optional[np.ndarray] = None, draw_threshold: float = 0.5) -> Tuple[str, Optional[str]]:
+    """Write :func:`run_exported`'s detections: a JSON file, and pictures beside it.
+
+    JSON: ``image_size``, ``model``, and per detection ``box`` (XYXY), ``score``, ``class`` (and
+    ``class_name`` when the export carries the names), and ``mask`` (COCO RLE of the pasted mask,
+    ``{"size": [H, W], "counts": str}``). ``<output stem>.png``: the detections drawn on ``image`` (an RGB
+    array), boxes, masks, class names and scores (detectron2's ``Visualizer``). With masks,
+    ``<output stem>_ids.png``: the instance-id map, uint16, pixel = 1 + the index of the highest-scoring
+    detection covering it, 0 for none (for programs; it looks black in a viewer).
 
     Returns:
-        (json path, png path or None).
+        (json path, drawing path or None).
     """
     if not str(output).endswith(".json"):
         raise ExportError("the detections file must be a .json file, got {!r}".format(output))
@@ -853,6 +899,8 @@ def write_detections(dets: Dict[str, Any], output: str, source: str = "") -> Tup
     for i in range(len(dets["scores"])):
         rec = {"box": [round(float(v), 3) for v in dets["boxes"][i]], "score": round(float(dets["scores"][i]), 6),
                "class": int(dets["classes"][i])}
+        if _class_name(dets, i) is not None:
+            rec["class_name"] = _class_name(dets, i)
         if masks is not None:
             from pycocotools import mask as mask_util
 
@@ -862,14 +910,21 @@ def write_detections(dets: Dict[str, Any], output: str, source: str = "") -> Tup
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump({"model": source, "image_size": [int(height), int(width)], "detections": records}, f, indent=1)
-    png = None
-    if masks is not None:
-        import cv2
+    drawing = None
+    import cv2
 
+    stem = os.path.splitext(output)[0]
+    if masks is not None:
         ids = np.zeros((height, width), dtype=np.uint16)
         for i in reversed(np.argsort(dets["scores"], kind="stable")[::-1]):  # the best-scoring last, so on top
             ids[masks[i]] = i + 1
-        png = os.path.splitext(output)[0] + ".png"
-        if not cv2.imwrite(png, ids):
-            raise ExportError("could not write {!r}".format(png))
-    return output, png
+        if not cv2.imwrite(stem + "_ids.png", ids):
+            raise ExportError("could not write {!r}".format(stem + "_ids.png"))
+    if image is not None:
+        drawing = stem + ".png"
+        shown = dets["scores"] >= float(draw_threshold)
+        kept = {k: (v[shown] if k in ("boxes", "scores", "classes", "masks") else v) for k, v in dets.items()
+                if k != "mask_probs"}
+        if not cv2.imwrite(drawing, draw_detections(image, kept)[:, :, ::-1]):
+            raise ExportError("could not write {!r}".format(drawing))
+    return output, drawing

@@ -305,7 +305,7 @@ def test_run_exported_writes_detections_in_image_pixels(tmp_path, msca_onnx_97x1
     bgr = (np.random.default_rng(5).random((100, 140, 3)) * 255).astype(np.uint8)
     image_file = str(tmp_path / "im.png")
     assert cv2.imwrite(image_file, bgr)
-    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"))
+    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"), draw_threshold=0.0)
     with torch.no_grad():
         ref = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).astype(np.float32))}])[0]["instances"]
     n = len(ref)
@@ -323,10 +323,15 @@ def test_run_exported_writes_detections_in_image_pixels(tmp_path, msca_onnx_97x1
     assert first["class"] == int(ref.pred_classes[0]) and abs(first["score"] - float(ref.scores[0])) < 1e-3
     rle = dict(first["mask"], counts=first["mask"]["counts"].encode())
     assert (mask_util.decode(rle).astype(bool) == dets["masks"][0]).all()
-    ids = cv2.imread(str(tmp_path / "dets.png"), cv2.IMREAD_UNCHANGED)
+    ids = cv2.imread(str(tmp_path / "dets_ids.png"), cv2.IMREAD_UNCHANGED)
     assert ids.dtype == np.uint16 and ids.shape == (100, 140) and ids.max() <= n
     top = int(np.argmax(dets["scores"]))
-    assert (ids[dets["masks"][top]] == top + 1).all(), "the best detection is not on top in the PNG"
+    assert (ids[dets["masks"][top]] == top + 1).all(), "the best detection is not on top in the id map"
+    # the picture a person opens: the image with the detections drawn on it (not black, not the bare image)
+    drawn = cv2.imread(str(tmp_path / "dets.png"), cv2.IMREAD_COLOR)
+    assert drawn.shape == (100, 140, 3) and drawn.dtype == np.uint8
+    assert np.abs(drawn.astype(int) - bgr.astype(int)).mean() > 5, "no detection drawn on the image"
+    assert "class_name" not in first  # exported from a bare model: no names to carry
 
 
 def test_tools_export_a_config_with_weights_then_run_it(tmp_path, capsys):
@@ -352,8 +357,17 @@ def test_tools_export_a_config_with_weights_then_run_it(tmp_path, capsys):
     code = _tool("run_exported").main([os.path.join(out, "model.onnx"), image_file, "--output",
                                        str(tmp_path / "d.json")])
     assert code == 0 and (tmp_path / "d.json").is_file() and (tmp_path / "d.png").is_file()
+    assert (tmp_path / "d_ids.png").is_file()
     with open(tmp_path / "d.json") as f:
         record = json.load(f)["detections"]
+    # the file carries the config's class names (shapes_val's), the JSON and the printout name each class
+    from afa_d2.data.shapes import CLASSES
+
+    names = export.ExportedModel(os.path.join(out, "model.onnx")).meta["class_names"]
+    assert names == list(CLASSES), names
+    assert all(d["class_name"] == names[d["class"]] for d in record)
+    printed = capsys.readouterr().out
+    assert names[record[0]["class"]] in printed and "d.png (drawn)" in printed
     ref = Predictor("shapes/mask_rcnn_R_18_mssa.py", weights=weights, device="cpu", opts=opts)(bgr)["instances"]
     assert len(record) == len(ref) == 30
     boxes = np.array([d["box"] for d in record])
