@@ -56,6 +56,7 @@ import afa_d2  # noqa: F401  (compat patches before detectron2)
 import torch
 from torch import nn
 
+from afa_d2.engine.precision import PRECISIONS, PrecisionError, check_precision, cpu_bf16_support, precision_scope
 from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator, use_checkpoint_mlp, use_reference_path
 
 OPS = tuple(AGGREGATION_OPS)  # the registry's order: the baseline (sum) first
@@ -64,11 +65,14 @@ ATTENTION_OPS = tuple(op for op, cls in AGGREGATION_OPS.items() if cls.uses_atte
 BASE = baseline_operator()
 REF_SUFFIX = ":ref"
 CKPT_SUFFIX = ":ckpt"  # MSAttention(checkpoint_mlp=True): a training-memory option, same operator
+PRECISION_SEP = "@"  # "msca@bf16": the same model run under autocast in bf16 (afa_d2.engine.precision)
 
 
-def variant_names(ops: Sequence[str], reference: bool, checkpoint_mlp: bool = False) -> List[str]:
+def variant_names(ops: Sequence[str], reference: bool, checkpoint_mlp: bool = False,
+                  precisions: Sequence[str] = ("fp32",)) -> List[str]:
     """The variants measured: ``ops``, plus after each attention op "<op>:ref" with ``reference``
-    and "<op>:ckpt" (training only) with ``checkpoint_mlp``."""
+    and "<op>:ckpt" (training only) with ``checkpoint_mlp``; then ``ops`` again for each precision but
+    fp32, as "<op>@<precision>" (inference only)."""
     names: List[str] = []
     for op in ops:
         names.append(op)
@@ -76,11 +80,20 @@ def variant_names(ops: Sequence[str], reference: bool, checkpoint_mlp: bool = Fa
             names.append(op + REF_SUFFIX)
         if checkpoint_mlp and op in ATTENTION_OPS:
             names.append(op + CKPT_SUFFIX)
+    for precision in precisions:
+        if precision != "fp32":
+            names += [op + PRECISION_SEP + precision for op in ops]
     return names
 
 
+def variant_precision(name: str) -> str:
+    """"msca@bf16" -> "bf16"; any other variant -> "fp32"."""
+    return name.split(PRECISION_SEP, 1)[1] if PRECISION_SEP in name else "fp32"
+
+
 def split_variant(name: str):
-    """"mssa:ref" -> ("mssa", True); "mssa" or "mssa:ckpt" -> ("mssa", False)."""
+    """"mssa:ref" -> ("mssa", True); "mssa", "mssa:ckpt" or "mssa@bf16" -> ("mssa", False)."""
+    name = name.split(PRECISION_SEP, 1)[0]
     if name.endswith(CKPT_SUFFIX):
         name = name[: -len(CKPT_SUFFIX)]
     if name.endswith(REF_SUFFIX):
@@ -326,38 +339,44 @@ def measure_inference(
             model = models[op]
             neck = model.backbone
             use_reference_path(model, reference)
-            res: Dict[str, Any] = {
-                "op": name,
-                "neck_params": _params(neck) - _params(neck.bottom_up),
-                "model_params": _params(model),
-            }
+            precision = variant_precision(name)
             # The model pads to size_divisibility itself; the neck gets the same padded input.
             images = model.preprocess_image([{"image": image}])
-            feats = neck.bottom_up(images.tensor)
-            feat_list = tuple(feats[f] for f in neck.in_features)
-            neck_flops = flop_analysis(_NeckOnly(neck).eval(), feat_list)
-            res["neck_flops"] = int(neck_flops.total())
-            res["neck_sdpa_flops"] = int(neck_flops.by_operator().get("scaled_dot_product_attention", 0))
-            if not args.skip_model_flops:
-                model_flops = flop_analysis(_InferenceOnly(model).eval(), (image,))
-                res["model_flops"] = int(model_flops.total())
-                res["model_sdpa_flops"] = int(
-                    model_flops.by_operator().get("scaled_dot_product_attention", 0)
-                )
+            with precision_scope(precision, device):
+                feats = neck.bottom_up(images.tensor)
+            same_model = next((r for n, r in results.items() if split_variant(n) == (op, reference)), None)
+            if same_model is not None:  # another precision of a model counted already: the same counts
+                res = {k: v for k, v in same_model.items() if k.endswith(("_params", "_flops"))}
+            else:
+                res = {"neck_params": _params(neck) - _params(neck.bottom_up), "model_params": _params(model)}
+                feat_list = tuple(feats[f].float() for f in neck.in_features)
+                neck_flops = flop_analysis(_NeckOnly(neck).eval(), feat_list)
+                res["neck_flops"] = int(neck_flops.total())
+                res["neck_sdpa_flops"] = int(neck_flops.by_operator().get("scaled_dot_product_attention", 0))
+                if not args.skip_model_flops:
+                    model_flops = flop_analysis(_InferenceOnly(model).eval(), (image,))
+                    res["model_flops"] = int(model_flops.total())
+                    res["model_sdpa_flops"] = int(
+                        model_flops.by_operator().get("scaled_dot_product_attention", 0)
+                    )
+            res["op"] = name
+            res["precision"] = precision
             results[name] = res
             counts[name] = {}
 
-            def run_neck(model=model, neck=neck, feats=feats, reference=reference):
+            def run_neck(model=model, neck=neck, feats=feats, reference=reference, precision=precision):
                 use_reference_path(model, reference)
-                neck.aggregate(feats)
+                with precision_scope(precision, device):
+                    neck.aggregate(feats)
 
-            def run_model(model=model, reference=reference, c=counts[name]):
+            def run_model(model=model, reference=reference, c=counts[name], precision=precision):
                 use_reference_path(model, reference)
                 hook = model.proposal_generator.register_forward_hook(
                     lambda m, i, o: c.__setitem__("proposals", len(o[0][0]))
                 )
                 try:
-                    c["detections"] = len(model(inputs)[0]["instances"])
+                    with precision_scope(precision, device):
+                        c["detections"] = len(model(inputs)[0]["instances"])
                 finally:
                     hook.remove()
 
@@ -937,7 +956,7 @@ def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: float, attention_ra
     """
     base = results[BASE]
     for r in results.values():
-        if r.get("neck_sdpa_flops"):
+        if r.get("neck_sdpa_flops") and r.get("precision", "fp32") == "fp32":  # the rates were timed in fp32
             other = max(0, r["neck_flops"] - r["neck_sdpa_flops"] - base["neck_flops"])
             extra_s = r["neck_sdpa_flops"] / 1e9 / attention_rate + other / 1e9 / conv_rate
             r["attention_gmacs_per_s"] = attention_rate
@@ -947,9 +966,11 @@ def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: float, attention_ra
 def add_ratios(results: Dict[str, Dict[str, Any]], ref_op: str) -> None:
     keys = ["neck_params", "model_params", "neck_flops", "model_flops", "neck_latency_s",
             "model_latency_s", "neck_gflops_per_s", "train_step_s", "train_peak_mem_bytes"]
-    ref = results[ref_op]
-    for r in results.values():
-        r["ratio_to"] = ref_op
+    for name, r in results.items():
+        precision = variant_precision(name)
+        ref_name = ref_op if precision == "fp32" else ref_op + PRECISION_SEP + precision
+        ref = results.get(ref_name, results[ref_op])  # each precision against its own baseline
+        r["ratio_to"] = ref_name if ref_name in results else ref_op
         for k in keys:
             if k in r:
                 r[k + "_ratio"] = _ratio(r[k], ref.get(k))
@@ -1039,6 +1060,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    "(e.g. configs/shapes/mask_rcnn_R_18_sum.py; aggregation set per variant) instead of "
                    "--model on a synthetic --height x --width image")
     p.add_argument("--skip-model-flops", action="store_true", help="skip tracing the whole model")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
+                   help="inference precisions side by side: e.g. --precision fp32 bf16 adds \"<op>@bf16\", the "
+                   "same models under autocast, each timed against the sum-up model in its own precision")
+    p.add_argument("--force-precision", action="store_true",
+                   help="run a --precision even where the host has no fast path for it")
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead of timing: profile one whole-model inference of each --ops variant (CPU) and "
@@ -1067,6 +1093,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--profile measures the CPU path, got --device {}".format(args.device))
     if args.kernels and args.device != "cpu":
         p.error("--kernels measures the CPU kernels, got --device {}".format(args.device))
+    for precision in args.precision:
+        try:
+            check_precision(precision, args.device, force=args.force_precision)
+        except PrecisionError as e:
+            p.error(str(e))
+    if args.precision != ["fp32"] and (args.train_only or args.profile or args.kernels or args.vs_stock):
+        p.error("--precision {} measures inference: not with --train-only, --profile, --kernels or "
+                "--vs-stock".format(" ".join(args.precision)))
     if args.amp and not str(args.device).startswith("cuda"):
         p.error("--amp needs --device cuda (fp16 autocast training, as detectron2's AMPTrainer), got {}".format(
             args.device))
@@ -1120,7 +1154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         print(format_kernels(results))
         _write_json(args, results)
         return results
-    names = variant_names(args.ops, args.reference, args.checkpoint_mlp)
+    names = variant_names(args.ops, args.reference, args.checkpoint_mlp, args.precision)
     results: Dict[str, Dict[str, Any]] = {name: {"op": name} for name in names}
     if args.profile:
         print("build: " + format_build_info())
@@ -1139,7 +1173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         results.update(measure_inference([n for n in names if not n.endswith(CKPT_SUFFIX)], args,
                                          sum_model.state_dict(), sum_model))
     if args.train:
-        for name, res in measure_training(names, args).items():
+        for name, res in measure_training([n for n in names if PRECISION_SEP not in n], args).items():
             results[name].update(res)
     add_ratios(results, BASE if BASE in results else args.ops[0])
     if args.device == "cpu":
@@ -1155,6 +1189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
                 args.model, args.height, args.width, torch.get_num_threads(), args.device, args.iters
             )
         )
+        if args.precision != ["fp32"]:
+            print("precisions: {}; \"<op>@<precision>\" is the same model under torch.autocast ({}), its ratios "
+                  "against the sum-up model in the same precision; the floor is fp32's only".format(
+                      ", ".join(args.precision),
+                      cpu_bf16_support()[1] if args.device == "cpu" else torch.cuda.get_device_name()))
         rate = next(iter(results.values())).get("reference_conv_gmacs_per_s")
         if rate:
             print("this host's convolution rate, timed among the necks: a 256->256 3x3 conv of the p3-sized map "

@@ -247,3 +247,31 @@ def test_kernels_mode_times_each_product_every_way_after_checking_they_agree(tmp
         benchmark.main(["--kernels", "--height", "128", "--width", "160", "--iters", "1", "--warmup", "0"])
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--kernels", "--device", "cuda"])
+
+
+@pytest.mark.skipif(not __import__("afa_d2.engine.precision", fromlist=["x"]).cpu_bf16_support()[0],
+                    reason="this CPU has no native bf16")
+def test_precisions_side_by_side(tmp_path, capsys):
+    """--precision fp32 bf16: the same models again under bf16 autocast, each against the sum-up model of
+    its own precision; the counts are the fp32 model's (the same model)."""
+    results, table, saved = _main_with_json(tmp_path, capsys, [
+        "--ops", "sum", "msca", "--precision", "fp32", "bf16", "--height", "128", "--width", "160", "--iters", "1",
+        "--warmup", "0", "--threads", "2", "--detections-per-image", "5", "--proposals", "50",
+        "--skip-model-flops",
+    ])
+    assert list(saved) == ["sum", "msca", "sum@bf16", "msca@bf16"]
+    assert saved["msca@bf16"]["ratio_to"] == "sum@bf16" and saved["msca"]["ratio_to"] == "sum"
+    assert saved["msca@bf16"]["neck_flops"] == saved["msca"]["neck_flops"] > saved["sum"]["neck_flops"]
+    r = saved["msca@bf16"]
+    assert r["model_latency_s_ratio"] == pytest.approx(r["model_latency_s"] / saved["sum@bf16"]["model_latency_s"])
+    assert saved["sum@bf16"]["precision"] == "bf16" and saved["sum@bf16"]["detections"] >= 1
+    assert "msca@bf16" in table and "precisions: fp32, bf16" in table
+
+
+def test_precision_refusals_are_parse_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.parse_args(["--device", "cpu", "--precision", "fp32", "fp16"])
+    assert e.value.code == 2 and "precision=fp16 needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--device", "cpu", "--precision", "bf16", "--train-only"])
+    assert "measures inference" in capsys.readouterr().err
