@@ -77,14 +77,18 @@ def markdown(study: Dict) -> str:
     labels = _labels(study)
     recipe = design["recipe"]
     seeds = sorted({r["seed"] for r in study["runs"]})
+    planned = len(design["arms"]) * len(study.get("seeds") or seeds)
     lines = [
         "**{}** — {}.".format(design["name"], design.get("description", "")),
         "",
         "Recipe, the same for every arm: {max_iter} iterations (fine-tuned arms: their own count, the same for "
         "all), shapes_train {num_train} images, evaluated on {num_val} val images, {threads} thread(s) a run. "
-        "Finished runs: {runs}; seeds {seeds}. Means with 95% Student-t intervals over seeds; differences paired "
-        "by seed (same data order, same initialisation of the shared parts), two-sided paired t-test."
-        .format(runs=len(study["runs"]), seeds=", ".join(str(s) for s in seeds) or "none", **recipe),
+        "Finished runs: {runs} of {planned}{unfinished}; seeds {seeds}. Means with 95% Student-t intervals over "
+        "seeds; differences paired by seed (same data order, same initialisation of the shared parts), two-sided "
+        "paired t-test."
+        .format(runs=len(study["runs"]), planned=planned, seeds=", ".join(str(s) for s in seeds) or "none",
+                unfinished="" if len(study["runs"]) >= planned else " (unfinished: the same command trains the rest)",
+                **recipe),
         "",
         "| arm | seeds | " + " | ".join(name for _, name in _SHOWN) + " | params | GFLOPs | train s/iter "
         "| inference s/img |",
