@@ -230,12 +230,14 @@ def _finetune() -> StudyDesign:
     recipe = Recipe()
     arms = [Arm(name="base", config="shapes/mask_rcnn_R_18_{}.py".format(base_op),
                 label="{}, the trained start ({} it)".format(operator_label(base_op), recipe.max_iter))]
+    more = recipe.max_iter // 2
     for op in AGGREGATION_OPS:
         config = "shapes/finetune/mask_rcnn_R_18_{}_from_{}.py".format(op, base_op)
         if _zoo_has(config):
-            arms.append(Arm(name=op, config=config, init_from="base", max_iter=recipe.max_iter // 2,
+            arms.append(Arm(name=op, config=config, init_from="base", max_iter=more,
                             baseline=None if op == base_op else base_op,
-                            label="{} from it, +{} it".format(operator_label(op), recipe.max_iter // 2)))
+                            label="{} {}, +{} it".format(operator_label(op),
+                                                          "continued" if op == base_op else "converted", more)))
     return StudyDesign("finetune", tuple(arms), recipe=recipe, description=(
         "Converting a trained sum-up (FPN) model: from each seed's trained sum-up model, every operator "
         "fine-tuned for the same iterations (new blocks at the full lr, loaded weights at a tenth); each "

@@ -24,7 +24,8 @@ AdamW = L(torch.optim.AdamW)(
 
 # Fine-tuning from a checkpoint that lacks the operator's blocks (configs/COCO/finetune/, configs/shapes/finetune/):
 # those blocks at the optimizer's lr, every loaded weight at a tenth of it; no decay on norms and biases.
-# Use it as ``optimizer.params = finetune_params``.
+# Import it under a leading "_" (LazyConfig keeps every other dict a config file holds as a key of the config),
+# then ``optimizer.params = _finetune_params``.
 finetune_params = L(finetune_param_groups)(
     base_lr="${..lr}",
     new_prefixes=["backbone.fpn_aggregation"],

@@ -19,12 +19,12 @@ not the extra training's. The recipe, shared by the four files:
     3 ep = 43977 iters * 8 images/iter / 117266 images/ep (3 * ceil(117266 / 8), resolved at start-up)
     lr x 0.1 at 2 * 14659 = 29318 iters
 """
-from ...common.optim import finetune_params
+from ...common.optim import finetune_params as _finetune_params  # "_": not a key of this config
 from ..mask_rcnn_R_50_sum_1x import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.aggregation = "sum"
 
-optimizer.params = finetune_params
+optimizer.params = _finetune_params
 train.init_checkpoint = "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/137260431/model_final_a54504.pkl"
 train.epochs = 3
 train.eval_period_epochs = 3

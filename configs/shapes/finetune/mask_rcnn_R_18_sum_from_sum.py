@@ -14,12 +14,12 @@ recipe, shared by the four files:
   (the new blocks start at random or as FPN). The study sets the length (half of the base's
   iterations) with ``afa_d2.engine.fit_schedule_to_iters``, which keeps these fractions.
 """
-from ...common.optim import finetune_params
+from ...common.optim import finetune_params as _finetune_params  # "_": not a key of this config
 from ..mask_rcnn_R_18_sum import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.aggregation = "sum"
 
-optimizer.params = finetune_params
+optimizer.params = _finetune_params
 train.init_checkpoint = ""  # the trained sum-up model: the study sets it per seed
 train.epochs = 3
 train.eval_period_epochs = 3
