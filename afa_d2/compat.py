@@ -42,7 +42,7 @@ import sys
 import types
 from typing import Dict
 
-__all__ = ["MissingExtensionError", "has_extension", "apply", "APPLIED", "end_process_group"]
+__all__ = ["MissingExtensionError", "has_extension", "apply", "APPLIED", "autocast_state", "end_process_group"]
 
 # Names of the patches applied in this process (empty with an official build).
 APPLIED: Dict[str, bool] = {}
@@ -215,6 +215,22 @@ def end_process_group() -> bool:
     if getattr(comm, "_LOCAL_PROCESS_GROUP", None) is not None:
         comm._LOCAL_PROCESS_GROUP = None
     return True
+
+
+def autocast_state(device_type: str):
+    """``(enabled, dtype)`` of ``torch.autocast`` for ``device_type`` ("cpu" or "cuda") in the calling thread.
+
+    torch >= 2.4 takes the device type (``torch.is_autocast_enabled("cpu")``); older torch has a function per
+    device (``is_autocast_cpu_enabled``, ``get_autocast_gpu_dtype``), which 2.4 deprecated.
+    """
+    import torch
+
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
 
 
 def _patch_cpu_launch() -> None:

@@ -145,18 +145,11 @@ def _caller_state() -> Dict[str, object]:
     the autocast state of the CPU and of CUDA (a worker thread starts with neither autocast nor no_grad)."""
     import torch
 
-    state: Dict[str, object] = {"grad": torch.is_grad_enabled(), "autocast": []}
-    for device in ("cpu", "cuda"):
-        try:
-            enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        except TypeError:  # torch < 2.4: per-device functions
-            if device == "cpu":
-                enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-            else:
-                enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-        if enabled:
-            state["autocast"].append((device, dtype))
-    return state
+    from afa_d2.compat import autocast_state
+
+    autocast = [(device, autocast_state(device)) for device in ("cpu", "cuda")]
+    return {"grad": torch.is_grad_enabled(),
+            "autocast": [(device, dtype) for device, (enabled, dtype) in autocast if enabled]}
 
 
 @contextmanager

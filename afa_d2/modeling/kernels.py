@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from afa_d2.compat import autocast_state
+
 __all__ = [
     "KERNELS_ENV",
     "MARGIN",
@@ -130,10 +132,7 @@ def kernel_policy(policy: str) -> Iterator[None]:
 
 
 def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+    return autocast_state("cpu")[0]
 
 
 def _special_mode() -> bool:
