@@ -234,6 +234,14 @@ def test_start_as_fpn_argument_checks():
         instantiate(_configs("concat", start_as_fpn=True, norm="GN")[1])
     with pytest.raises(ValueError, match="concat cannot start as FPN's sum with a norm"):
         ConcatAggregation(64, norm="GN", start_as_fpn=True)
+    # a built model refuses the same, before any weight changes
+    concat_gn = instantiate(_configs("concat", norm="BN")[1]).backbone
+    before = {k: v.clone() for k, v in concat_gn.state_dict().items()}
+    with pytest.raises(ValueError, match=r"init_as_fpn with concat on \['p2', 'p3', 'p4'\]: concat cannot start"):
+        concat_gn.init_as_fpn()
+    assert all(torch.equal(v, concat_gn.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match=r"init_as_fpn with msca on \['p2', 'p3', 'p4', 'p5'\]: msca cannot"):
+        instantiate(_configs("msca")[1]).backbone.init_as_fpn()
     with pytest.raises(ValueError, match="msca cannot start as FPN's sum"):
         build_aggregation("msca", 64, start_as_fpn=True)
     # what each start sets

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from .aggregation import (
     AGGREGATION_OPS,
-    CONCAT_NORM_CANNOT_START_AS_SUM,
     UPSAMPLE_MODES,
     baseline_operator,
     build_aggregation,
@@ -32,17 +31,16 @@ from .ms_attention import check_attention_args
 __all__ = ["AttentionFPN"]
 
 
-def _check_start_as_sum(ops: Mapping[str, str], levels: Sequence[str], norm: str) -> None:
-    """ValueError naming the levels whose operator cannot start as FPN's sum (the operator says why)."""
-    refused: Dict[str, List[str]] = {}
-    reasons: Dict[str, str] = {}
-    for lvl in levels:
-        why = AGGREGATION_OPS[ops[lvl]].start_as_sum_refusal(norm, top=lvl == levels[-1])
-        if why:
-            refused.setdefault(ops[lvl], []).append(lvl)
-            reasons[ops[lvl]] = why
-    for op, lvls in refused.items():
-        raise ValueError("start_as_fpn=True with {} on {}: {}".format(op, lvls, reasons[op]))
+def _check_start_as_sum(ops: Mapping[str, str], levels: Sequence[str], norm: str,
+                        what: str = "start_as_fpn=True") -> None:
+    """ValueError naming the levels of the first operator (in level order) that cannot start as FPN's sum
+    with ``norm``; the operator says why (:meth:`Aggregation.start_as_sum_refusal`)."""
+    refused = [(lvl, AGGREGATION_OPS[ops[lvl]].start_as_sum_refusal(norm, top=lvl == levels[-1])) for lvl in levels]
+    refused = [(lvl, why) for lvl, why in refused if why]
+    if refused:
+        op = ops[refused[0][0]]
+        raise ValueError("{} with {} on {}: {}".format(
+            what, op, [lvl for lvl, _ in refused if ops[lvl] == op], refused[0][1]))
 
 
 def _positive_int(value) -> bool:
@@ -312,17 +310,8 @@ class AttentionFPN(Backbone):
         ``start_as_fpn=True`` does at construction, for a model already built (the converter of
         :mod:`afa_d2.model_zoo.convert`). ValueError if an operator cannot (msca; concat with a norm).
         """
-        refused = {op for op in self.level_ops.values() if not AGGREGATION_OPS[op].can_start_as_sum}
-        for op in sorted(refused):  # checked before any weight changes
-            raise ValueError("init_as_fpn with {} on {}: {}".format(
-                op, [lvl for lvl, o in self.level_ops.items() if o == op],
-                AGGREGATION_OPS[op].start_as_sum_refusal(self.fpn_norm, top=False)))
+        _check_start_as_sum(self.level_ops, self.levels, self.fpn_norm, what="init_as_fpn")  # before any change
         aggregations = [getattr(self, "fpn_aggregation{}".format(lvl[1:])) for lvl in self.levels]
-        normed = [lvl for lvl, agg in zip(self.levels, aggregations)
-                  if getattr(getattr(agg, "fuse", None), "norm", None) is not None]
-        if normed:
-            raise ValueError("init_as_fpn with concat on {}: {}".format(
-                normed, CONCAT_NORM_CANNOT_START_AS_SUM.format(self.fpn_norm)))
         for agg in aggregations:
             agg.init_as_sum()
 
