@@ -114,6 +114,8 @@ def test_presets_come_from_the_registry_and_the_configs():
     assert ft.order()[0].name == "base" and all(a.init_from == "base" for a in ft.arms[1:])
     assert {a.name for a in ft.arms} == {"base", "sum", "concat", "mssa", "msca"}
     assert len({a.max_iter for a in ft.arms[1:]}) == 1
+    short = preset("finetune", Recipe(max_iter=100))  # the recipe reaches every arm: fine-tuned for half of it
+    assert [short.iterations(a) for a in short.arms] == [100, 50, 50, 50, 50]
     det = preset("detectors")
     assert {a.name: a.baseline for a in det.arms}["mask_rcnn/msca"] == "mask_rcnn/sum"
     assert {a.name: a.baseline for a in det.arms}["cascade_mask_rcnn/msca"] == "cascade_mask_rcnn/sum"

@@ -6,7 +6,8 @@ built from it and its weights loaded with the one fit check, :func:`~afa_d2.mode
 model tensor must come from the checkpoint with its shape, else one line names what differs
 (:func:`build_model`). The test-time resize and the channel order the model expects come from the config
 too (:func:`inference_augmentations`, :func:`input_format`, :func:`default_image_size`). The predictor,
-the export, the analysis, the visualisation, the zoo's ``get`` and trainer and the study use these.
+the export, the analysis, the visualisation, the demo, the zoo trainer and the study use these; the zoo's
+``get`` (which this module imports) builds its own, with the same :func:`~afa_d2.model_zoo.load_fitting`.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["YACS_SUFFIXES", "build_model", "looks_like_yacs", "default_image_size", "inference_augmentations", "input_format",
-           "is_yacs", "load_any_config", "load_weights"]
+__all__ = ["YACS_SUFFIXES", "build_model", "default_image_size", "inference_augmentations", "input_format",
+           "is_yacs", "load_any_config", "load_weights", "looks_like_yacs"]
 
 YACS_SUFFIXES = (".yaml", ".yml")
 

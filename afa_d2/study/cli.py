@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import List, Optional, Sequence
 
 from .design import PRESETS, Recipe, StudyDesignError, custom_study, preset
 from .runs import StudyRunError
 
-__all__ = ["parse_args", "main", "known_errors"]
+__all__ = ["parse_args", "main"]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -57,43 +56,28 @@ def _recipe(args) -> Recipe:
 
 
 def _design(args):
-    import dataclasses
-
     if args.preset:
         if args.arm:
             raise StudyDesignError("--arm goes with --config, not with --preset {}".format(args.preset))
-        design = preset(args.preset)
-        return dataclasses.replace(design, recipe=_recipe(args)) if _recipe(args) != design.recipe else design
+        return preset(args.preset, _recipe(args))
     if args.config:
         return custom_study(args.config, args.arm, name=args.name, recipe=_recipe(args))
     raise StudyDesignError("say what to study: --preset NAME (one of {}) or --config CFG --arm NAME ...".format(
         ", ".join(PRESETS)))
 
 
-def known_errors() -> tuple:
-    """The errors the command line turns into one line and exit status 2."""
-    from afa_d2.engine import UnknownConfigKeyError
-    from afa_d2.model_zoo.catalog import UnknownConfigError
-
-    return (StudyDesignError, StudyRunError, UnknownConfigKeyError, UnknownConfigError, FileNotFoundError)
-
-
-def _one_line(e: BaseException) -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split())
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; a known error (afa_d2.cli's, or the study's own) is one line and exit status 2."""
     import afa_d2  # noqa: F401  (detectron2 compat patches first)
+    from afa_d2.cli import run_command
 
-    args = parse_args(argv)
-    try:
-        return _run(args)
-    except known_errors() as e:
-        print("tools/study.py: error: {}".format(_one_line(e)), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    def run(argv):
+        try:
+            return _run(parse_args(argv))
+        except KeyboardInterrupt:
+            return 130
+
+    return run_command("tools/study.py", run, argv, extra=(StudyRunError,))
 
 
 def _run(args) -> int:

@@ -47,14 +47,14 @@ def count_arms(design: StudyDesign, output_dir: str, known: Optional[Dict] = Non
 
 
 def _model_for(design: StudyDesign, arm: Arm, output_dir: str, seed: int):
-    from afa_d2.engine.checkpoint import AtomicCheckpointer
     from afa_d2.engine.seeding import instantiate_seeded
+    from afa_d2.model_zoo import load_fitting
 
     cfg = run_config(design, arm, seed, output_dir)
     model = instantiate_seeded(cfg.model, seed)
     weights = os.path.join(run_dir(output_dir, arm, seed), "model_final.pth")
     if os.path.isfile(weights):  # the trained model proposes what a trained model proposes
-        AtomicCheckpointer(model, strict_shapes=True).load(weights)
+        load_fitting(model, weights, arm.config)
     return cfg, model
 
 

@@ -186,14 +186,14 @@ def _operator_arms(arch: str, ops: Optional[Sequence[str]] = None, prefix: str =
                 baseline=None if op == base else prefix + base, label=operator_label(op)) for op in ops]
 
 
-def _table1() -> StudyDesign:
-    return StudyDesign("table1", tuple(_operator_arms("mask_rcnn")),
+def _table1(recipe: Recipe) -> StudyDesign:
+    return StudyDesign("table1", tuple(_operator_arms("mask_rcnn")), recipe=recipe,
                        description="Table 1 at shapes scale: Mask R-CNN R-18 with each operator")
 
 
-def _table1_cascade() -> StudyDesign:
+def _table1_cascade(recipe: Recipe) -> StudyDesign:
     ops = [op for op in AGGREGATION_OPS if op == baseline_operator() or AGGREGATION_OPS[op].uses_attention]
-    return StudyDesign("table1-cascade", tuple(_operator_arms("cascade_mask_rcnn", ops)),
+    return StudyDesign("table1-cascade", tuple(_operator_arms("cascade_mask_rcnn", ops)), recipe=recipe,
                        description="Table 1 at shapes scale: Cascade Mask R-CNN R-18, sum-up against MSSA and MSCA")
 
 
@@ -203,31 +203,32 @@ def _attention_config() -> Tuple[str, str]:
     return op, "shapes/mask_rcnn_R_18_{}.py".format(op)
 
 
-def _table4() -> StudyDesign:
+def _table4(recipe: Recipe) -> StudyDesign:
     op, config = _attention_config()
     rows = [("p5", ["p5"]), ("p4-p5", ["p4", "p5"]), ("p3-p5", ["p3", "p4", "p5"]), ("all", ["p2", "p3", "p4", "p5"])]
     arms = [Arm(name=name, config=config, overrides=("model.backbone.attention_levels={}".format(levels),),
                 baseline=None if name == "all" else "all",
                 label="{} on {}".format(operator_label(op), ", ".join(levels)))
             for name, levels in rows]
-    return StudyDesign("table4", tuple(arms), description="Table 4 at shapes scale: which levels get attention "
-                       "({}, Mask R-CNN R-18); each row against attention on all levels".format(operator_label(op)))
+    return StudyDesign("table4", tuple(arms), recipe=recipe, description=(
+        "Table 4 at shapes scale: which levels get attention ({}, Mask R-CNN R-18); each row against attention "
+        "on all levels".format(operator_label(op))))
 
 
-def _table5() -> StudyDesign:
+def _table5(recipe: Recipe) -> StudyDesign:
     op, config = _attention_config()
     rows = [("multi_scale", "multi-scale pools (r, 2r)"), ("single_scale", "single-scale pool (r)"),
             ("adaptive", "adaptive pool (7x7)")]
     arms = [Arm(name=name, config=config, overrides=("model.backbone.pooling={}".format(name),),
                 baseline=None if name == "multi_scale" else "multi_scale",
                 label="{}, {}".format(operator_label(op), text)) for name, text in rows]
-    return StudyDesign("table5", tuple(arms), description="Table 5 at shapes scale: the key/value pooling of "
-                       "{} (Mask R-CNN R-18); each against the multi-scale default".format(operator_label(op)))
+    return StudyDesign("table5", tuple(arms), recipe=recipe, description=(
+        "Table 5 at shapes scale: the key/value pooling of {} (Mask R-CNN R-18); each against the multi-scale "
+        "default".format(operator_label(op))))
 
 
-def _finetune() -> StudyDesign:
+def _finetune(recipe: Recipe) -> StudyDesign:
     base_op = baseline_operator()
-    recipe = Recipe()
     arms = [Arm(name="base", config="shapes/mask_rcnn_R_18_{}.py".format(base_op),
                 label="{}, the trained start ({} it)".format(operator_label(base_op), recipe.max_iter))]
     more = recipe.max_iter // 2
@@ -244,7 +245,7 @@ def _finetune() -> StudyDesign:
         "against continuing sum-up for as long"))
 
 
-def _detectors() -> StudyDesign:
+def _detectors(recipe: Recipe) -> StudyDesign:
     """Sum-up against MSCA on every detector family with shapes configs for both."""
     from afa_d2.model_zoo.catalog import list_configs
 
@@ -256,11 +257,12 @@ def _detectors() -> StudyDesign:
     for family in families:
         if _zoo_has("shapes/{}_R_18_{}.py".format(family, target)):
             arms += _operator_arms(family, [base, target], prefix=family + "/")
-    return StudyDesign("detectors", tuple(arms), description="{} against {} on every detector family with "
-                       "shapes configs".format(operator_label(target), operator_label(base)))
+    return StudyDesign("detectors", tuple(arms), recipe=recipe, description=(
+        "{} against {} on every detector family with shapes configs".format(operator_label(target),
+                                                                            operator_label(base))))
 
 
-PRESETS: Dict[str, Callable[[], StudyDesign]] = {
+PRESETS: Dict[str, Callable[[Recipe], StudyDesign]] = {
     "table1": _table1,
     "table1-cascade": _table1_cascade,
     "table4": _table4,
@@ -270,11 +272,12 @@ PRESETS: Dict[str, Callable[[], StudyDesign]] = {
 }
 
 
-def preset(name: str) -> StudyDesign:
-    """The study of preset ``name`` (one of :data:`PRESETS`)."""
+def preset(name: str, recipe: Recipe = Recipe()) -> StudyDesign:
+    """The study of preset ``name`` (one of :data:`PRESETS`) under ``recipe`` (fine-tuned arms: half its
+    iterations)."""
     if name not in PRESETS:
         raise StudyDesignError("unknown preset {!r}; valid: {}".format(name, list(PRESETS)))
-    return PRESETS[name]()
+    return PRESETS[name](recipe)
 
 
 def custom_study(config: str, arms: Sequence[Sequence[str]], *, name: str = "custom",

@@ -11,6 +11,8 @@ import math
 import os
 from typing import Dict, List, Optional
 
+from .runs import INFERENCE_IMAGES
+
 __all__ = ["markdown", "sentences", "write_reports", "plot", "replace_between_markers"]
 
 _SHOWN = (("bbox/AP", "box AP"), ("segm/AP", "mask AP"), ("bbox/AP50", "box AP50"), ("bbox/APs", "box APs"),
@@ -113,7 +115,7 @@ def markdown(study: Dict) -> str:
                      for m, _ in _COMPARED]
             lines.append("| {} − {} | {} | {} |".format(labels[arm], labels[pair["baseline"]], n, " | ".join(cells)))
     timing = "Timings are the runs' own (median step; inference over {} val images), measured while {} run(s) shared " \
-             "the host: compare them only within one study.".format(20, max((r.get("time", {}).get(
+             "the host: compare them only within one study.".format(INFERENCE_IMAGES, max((r.get("time", {}).get(
                  "runs_sharing_host", 1) for r in study["runs"]), default=1))
     lines += ["", timing]
     quiet = study.get("quiet_timing")

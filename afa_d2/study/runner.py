@@ -128,8 +128,9 @@ def plan(design: StudyDesign, seeds: Sequence[int], output_dir: str,
 class _Worker:
     """A run training in its own process."""
 
-    def __init__(self, output_dir: str, arm: Arm, seed: int, init_checkpoint: Optional[str], sharing: int):
-        self.arm, self.seed = arm, seed
+    def __init__(self, output_dir: str, arm: Arm, seed: int, fp: str, init_checkpoint: Optional[str],
+                 sharing: int):
+        self.arm, self.seed, self.fingerprint = arm, seed, fp
         logs = os.path.join(output_dir, "logs")
         os.makedirs(logs, exist_ok=True)
         self.log = os.path.join(logs, "{}_seed{}.log".format(arm.name.replace("/", "_"), seed))
@@ -200,7 +201,7 @@ def run_study(design: StudyDesign, seeds: Sequence[int], output_dir: str, *, pre
                     break
                 arm, seed, fp = ready[0]
                 pending.remove(ready[0])
-                w = _Worker(output_dir, arm, seed, _init_weights(design, arm, seed, output_dir),
+                w = _Worker(output_dir, arm, seed, fp, _init_weights(design, arm, seed, output_dir),
                             sharing=min(jobs, len(running) + len(pending) + 1))
                 running.append(w)
                 echo("[{}/{}] training {}/seed{} ({} iterations; log {})".format(
@@ -216,8 +217,7 @@ def run_study(design: StudyDesign, seeds: Sequence[int], output_dir: str, *, pre
                 if rc != 0:
                     failed.append("{}/seed{} (exit {}; log {})".format(w.arm.name, w.seed, rc, w.log))
                     continue
-                fp = fingerprint(run_config(design, w.arm, w.seed, output_dir), design.recipe.threads)
-                record = check_run_dir(run_dir(output_dir, w.arm, w.seed), w.arm, w.seed, fp)
+                record = check_run_dir(run_dir(output_dir, w.arm, w.seed), w.arm, w.seed, w.fingerprint)
                 if record is None:
                     failed.append("{}/seed{} (exited 0 without its record; log {})".format(w.arm.name, w.seed, w.log))
                     continue

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import re
-import statistics
 from typing import Any, Dict, Optional
 
 from .design import Arm, StudyDesign
@@ -182,13 +181,6 @@ def _last_checkpoint_iter(path: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _train_seconds_per_iter(path: str) -> Optional[float]:
-    from afa_d2.engine.runs import read_metrics
-
-    times = [r["time"] for r in read_metrics(os.path.join(path, "metrics.json")) if "time" in r]
-    return statistics.median(times) if times else None
-
-
 def _peak_rss_mib() -> Optional[float]:
     try:
         import resource
@@ -207,6 +199,7 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
     """
     import torch
 
+    from afa_d2.model_zoo.publish import read_run
     from afa_d2.model_zoo.train import train_and_time
     from afa_d2.storage import atomic_write_text
 
@@ -243,7 +236,7 @@ def train_run(design: StudyDesign, arm: Arm, seed: int, output_dir: str, *, init
         "fingerprint": fp,
         "metrics": flat_metrics(results),
         "iterations": int(cfg.train.max_iter),
-        "time": {"train_s_per_iter": _train_seconds_per_iter(path),
+        "time": {"train_s_per_iter": read_run(path).get("training", {}).get("seconds_per_iter"),
                  "inference_s_per_image": done["inference_seconds_per_image"],
                  "wall_s": round(done["train_seconds"], 1), "threads": torch.get_num_threads(),
                  "runs_sharing_host": sharing, "peak_rss_mib": _peak_rss_mib()},
