@@ -65,9 +65,10 @@ def sentences(study: Dict) -> List[str]:
                 continue
             verdict = ("not distinguishable from zero" if d["ci_low"] <= 0 <= d["ci_high"]
                        else "above zero" if d["ci_low"] > 0 else "below zero")
-            parts.append("{} {} (95% CI {} to {}, p = {}: {})".format(
+            p_text = _p(d.get("p"))
+            parts.append("{} {} (95% CI {} to {}, p {}: {})".format(
                 _num(d["mean"], sign=True), name, _num(d["ci_low"], sign=True), _num(d["ci_high"], sign=True),
-                _p(d.get("p")), verdict))
+                p_text if p_text.startswith("<") else "= " + p_text, verdict))
         out.append("{} − {}: {}; {} seed{} paired.".format(labels.get(arm, arm), labels.get(pair["baseline"]),
                                                            "; ".join(parts), n, "" if n == 1 else "s"))
     return out
