@@ -28,6 +28,11 @@ patch                  why
                        a successful ``main_func``, ends its process group
                        (:func:`afa_d2.engine.launch.end_process_group`: a group left to
                        interpreter exit can abort a finished worker with SIGABRT).
+``retinanet_norm``     v0.6's ``RetinaNetHead`` (and FCOS's head, its subclass) finds the type of its
+                       ``norm`` by building ``get_norm(norm, 1)``; today's PyTorch refuses
+                       ``GroupNorm(32, 1)``, so FCOS (GN in its head) cannot be built. The probe
+                       asks for 32 channels instead, as later official versions do; the head's
+                       own norms are untouched. Applied only where ``GroupNorm(32, 1)`` raises.
 =====================  ====================================================================
 
 Two v0.6 needs are met by dependencies rather than patches: ``model_zoo`` imports
@@ -233,6 +238,26 @@ def autocast_state(device_type: str):
         return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
 
 
+def _patch_retinanet_norm() -> bool:
+    import torch.nn as nn
+
+    try:
+        nn.GroupNorm(32, 1)
+    except ValueError:
+        pass
+    else:
+        return False
+    retinanet = importlib.import_module("detectron2.modeling.meta_arch.retinanet")
+    probe_free = retinanet.get_norm
+
+    def get_norm(norm, out_channels):
+        # the head's type probe is the one call with 1 channel; 32 builds the same type for every norm
+        return probe_free(norm, 32 if out_channels == 1 else out_channels)
+
+    retinanet.get_norm = get_norm
+    return True
+
+
 def _patch_cpu_launch() -> None:
     # The module, not the function that detectron2.engine re-exports under the same name.
     d2_launch = importlib.import_module("detectron2.engine.launch")
@@ -256,4 +281,6 @@ def apply() -> Dict[str, bool]:
         APPLIED["numpy_bool"] = True
     _patch_cpu_launch()
     APPLIED["cpu_launch"] = True
+    if _patch_retinanet_norm():
+        APPLIED["retinanet_norm"] = True
     return APPLIED

@@ -20,12 +20,14 @@ def add_afa_config(cfg: CN) -> CN:
     _C.MODEL.AFA = CN()
     # "sum" | "concat" | "mssa" | "msca" (paper Table 1), used on ATTENTION_LEVELS; others "sum".
     _C.MODEL.AFA.AGGREGATION = "mssa"
-    # Levels (detectron2 names, p2..p5 = paper P0..P3) using AGGREGATION (paper Table 4).
-    _C.MODEL.AFA.ATTENTION_LEVELS = ["p2", "p3", "p4", "p5"]
+    # Levels (detectron2 names, p2..p5 = paper P0..P3) using AGGREGATION (paper Table 4); [] = every
+    # level of the pyramid (p2..p5 for res2..res5 inputs, p3..p5 for RetinaNet's res3..res5).
+    _C.MODEL.AFA.ATTENTION_LEVELS = []
     # Key/value pooling of MS-Att: "multi_scale" | "single_scale" | "adaptive" (paper Table 5).
     _C.MODEL.AFA.POOLING = "multi_scale"
-    # r_i for p2..p5 (one per MODEL.FPN.IN_FEATURES); multi-scale pools with r_i and 2 r_i.
-    _C.MODEL.AFA.POOL_STRIDES = [16, 8, 4, 2]
+    # r_i, one per MODEL.FPN.IN_FEATURES; multi-scale pools with r_i and 2 r_i. [] = 64 / stride of
+    # each level: the paper's [16, 8, 4, 2] for p2..p5, [8, 4, 2] for p3..p5.
+    _C.MODEL.AFA.POOL_STRIDES = []
     _C.MODEL.AFA.ADAPTIVE_POOL_SIZE = 7
     _C.MODEL.AFA.NUM_HEADS = 4
     _C.MODEL.AFA.MLP_RATIO = 2.0

@@ -106,7 +106,9 @@ def _level_ops(backbone: Any) -> Tuple[Tuple[str, str], ...]:
     if hasattr(agg, "keys"):
         ops = {str(k): str(agg[k]) for k in agg.keys()}
     else:
-        levels = _get(backbone, "attention_levels", LEVELS)
+        levels = _get(backbone, "attention_levels", None)
+        if levels is None:  # every level of the pyramid: p2..p5 for the tables' R-CNNs
+            levels = LEVELS
         ops = {str(lvl): str(agg) for lvl in levels}
     return tuple(sorted((lvl, op) for lvl, op in ops.items() if op != baseline_operator()))
 

@@ -30,9 +30,11 @@ def _cfg(name="build_resnet_attention_fpn_backbone", depth=50, **afa):
 def test_keys_and_defaults():
     cfg = _cfg()
     assert cfg.MODEL.AFA.AGGREGATION == "mssa"
-    assert cfg.MODEL.AFA.ATTENTION_LEVELS == ["p2", "p3", "p4", "p5"]
+    assert cfg.MODEL.AFA.ATTENTION_LEVELS == []  # every level of the pyramid
+    assert build_backbone(cfg).level_ops == {"p2": "mssa", "p3": "mssa", "p4": "mssa", "p5": "mssa"}
     assert cfg.MODEL.AFA.POOLING == "multi_scale"
-    assert cfg.MODEL.AFA.POOL_STRIDES == [16, 8, 4, 2]
+    assert cfg.MODEL.AFA.POOL_STRIDES == []  # 64 / stride: the paper's 16, 8, 4, 2 on p2..p5
+    assert [build_backbone(cfg).fpn_aggregation2.attn.pool_strides[0]] == [16]
     assert (cfg.MODEL.AFA.ADAPTIVE_POOL_SIZE, cfg.MODEL.AFA.NUM_HEADS, cfg.MODEL.AFA.MLP_RATIO) == (7, 4, 2.0)
     assert cfg.MODEL.AFA.UPSAMPLE_MODE == ""
     assert cfg.MODEL.AFA.CHECKPOINT_MLP is False

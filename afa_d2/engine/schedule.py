@@ -191,8 +191,11 @@ def ensure_schedule_keys(cfg) -> None:
 
     ``train.checkpointer.period`` and ``train.eval_period`` (iterations; ``None`` = from the
     ``*_epochs`` values) and ``lr_multiplier.max_iter``. An explicit value set on the command
-    line (``train.checkpointer.period=1``) wins over the epochs.
+    line (``train.checkpointer.period=1``) wins over the epochs. A config without ``train`` (a model
+    piece such as ``common/models/retinanet_afpn.py``) is left as it is.
     """
+    if "train" not in cfg:
+        return
     train = cfg.train
     if "checkpointer" in train and "period" not in train.checkpointer:
         train.checkpointer.period = None

@@ -3,8 +3,12 @@
 Importing it registers the yacs builders in detectron2's ``BACKBONE_REGISTRY``.
 """
 from .aggregation import AGGREGATION_OPS, Aggregation, build_aggregation
-from .attention_fpn import AttentionFPN
-from .backbone import build_resnet_attention_fpn_backbone, build_swin_attention_fpn_backbone
+from .attention_fpn import AttentionFPN, default_pool_strides
+from .backbone import (
+    build_resnet_attention_fpn_backbone,
+    build_retinanet_resnet_attention_fpn_backbone,
+    build_swin_attention_fpn_backbone,
+)
 from .ms_attention import POOLING_TYPES, MSAttention
 from .swin import SwinBottomUp
 
@@ -15,7 +19,9 @@ __all__ = [
     "AttentionFPN",
     "MSAttention",
     "SwinBottomUp",
+    "default_pool_strides",
     "build_aggregation",
     "build_resnet_attention_fpn_backbone",
+    "build_retinanet_resnet_attention_fpn_backbone",
     "build_swin_attention_fpn_backbone",
 ]

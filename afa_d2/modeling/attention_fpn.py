@@ -28,7 +28,7 @@ from .aggregation import (
 )
 from .ms_attention import check_attention_args
 
-__all__ = ["AttentionFPN"]
+__all__ = ["AttentionFPN", "POOLED_STRIDE", "default_pool_strides"]
 
 
 def _check_start_as_sum(ops: Mapping[str, str], levels: Sequence[str], norm: str,
@@ -47,6 +47,119 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+#: MS-Att pools every level down to about this stride (docs/DESIGN.md, "Beyond the paper's two detectors")
+POOLED_STRIDE = 64
+
+
+def default_pool_strides(strides: Sequence[int]) -> List[int]:
+    """The pooling stride r_i of each level from its stride: ``POOLED_STRIDE / stride``, at least 1.
+
+    The paper's (16, 8, 4, 2) for p2..p5 (strides 4..32) is this rule: every level's pooled tokens lie
+    on the same stride-64 grid. A pyramid from res3 (RetinaNet, FCOS) gets (8, 4, 2) for p3..p5.
+    """
+    return [max(1, POOLED_STRIDE // int(s)) for s in strides]
+
+
+def _pyramid_levels(bottom_up, in_features):
+    """(in_features, strides, channels, levels) of the pyramid, checked against the bottom-up."""
+    if not isinstance(bottom_up, Backbone):
+        raise ValueError(
+            "bottom_up must be a detectron2 Backbone, got {}".format(type(bottom_up).__name__)
+        )
+    in_features = list(in_features)
+    input_shapes = bottom_up.output_shape()
+    if not in_features:
+        raise ValueError("in_features is empty; valid: {}".format(list(input_shapes)))
+    for f in in_features:
+        if f not in input_shapes:
+            raise ValueError(
+                "unknown in_feature {!r}; the bottom-up gives {}".format(f, list(input_shapes))
+            )
+    strides = [input_shapes[f].stride for f in in_features]
+    for i in range(1, len(strides)):
+        if strides[i] != 2 * strides[i - 1]:
+            raise ValueError(
+                "in_features {} have strides {}, which are not log2-contiguous".format(in_features, strides)
+            )
+    levels = ["p{}".format(int(math.log2(s))) for s in strides]
+    return in_features, strides, [input_shapes[f].channels for f in in_features], levels
+
+
+def _level_operators(aggregation, attention_levels, levels: Sequence[str]) -> Dict[str, str]:
+    """The operator of every level, from ``aggregation`` (str or dict) and ``attention_levels``."""
+    if isinstance(aggregation, str):
+        if aggregation not in AGGREGATION_OPS:
+            raise ValueError(
+                "unknown aggregation {!r}; valid: {}".format(aggregation, list(AGGREGATION_OPS))
+            )
+        if attention_levels is None:
+            attention_levels = levels
+        if isinstance(attention_levels, str):
+            raise ValueError(
+                "attention_levels must be a list of level names, got the str {!r}; "
+                "valid names: {}".format(attention_levels, list(levels))
+            )
+        for lvl in attention_levels:
+            if lvl not in levels:
+                raise ValueError(
+                    "unknown level {!r} in attention_levels; this pyramid's levels: {}".format(lvl, list(levels))
+                )
+        return {lvl: (aggregation if lvl in attention_levels else baseline_operator()) for lvl in levels}
+    if isinstance(aggregation, Mapping):
+        for lvl, op in aggregation.items():
+            if lvl not in levels:
+                raise ValueError(
+                    "unknown level {!r} in aggregation; this pyramid's levels: {}".format(lvl, list(levels))
+                )
+            if op not in AGGREGATION_OPS:
+                raise ValueError(
+                    "unknown aggregation {!r} for level {}; valid: {}".format(op, lvl, list(AGGREGATION_OPS))
+                )
+        return {lvl: aggregation.get(lvl, baseline_operator()) for lvl in levels}
+    raise ValueError(
+        "aggregation must be a str or a dict level -> str, got {!r}; valid operators: "
+        "{}".format(aggregation, list(AGGREGATION_OPS))
+    )
+
+
+def _level_pool_strides(pool_strides, in_features, strides, levels) -> List[int]:
+    """``pool_strides`` as a list, one per level, or the levels' defaults when None."""
+    if pool_strides is None:
+        return default_pool_strides(strides)
+    if isinstance(pool_strides, (str, int)):
+        raise ValueError("pool_strides must be a list of ints, one per level {}, got {!r}".format(
+            list(levels), pool_strides))
+    pool_strides = list(pool_strides)
+    if len(pool_strides) != len(in_features):
+        raise ValueError(
+            "pool_strides {} has {} entries; need one per in_feature {} (levels {}), e.g. {} "
+            "(or None for that default)".format(pool_strides, len(pool_strides), list(in_features), list(levels),
+                                                default_pool_strides(strides))
+        )
+    return pool_strides
+
+
+def _check_top_block(top_block, input_shapes: Mapping[str, ShapeSpec], levels: Sequence[str], top_stride: int,
+                     out_channels: int) -> None:
+    """A top block must read the deepest level (or a bottom-up map of its stride) with the right channels."""
+    if top_block is None:
+        return
+    for attr in ("in_feature", "num_levels"):
+        if not hasattr(top_block, attr):
+            raise ValueError("top_block {} has no {!r}; a detectron2 top block (LastLevelMaxPool, "
+                             "LastLevelP6P7) is expected".format(type(top_block).__name__, attr))
+    source = top_block.in_feature
+    valid = [levels[-1]] + [f for f, shape in input_shapes.items() if shape.stride == top_stride]
+    if source not in valid:
+        raise ValueError("top_block {} reads {!r}, which this pyramid does not give at its deepest stride {}; "
+                         "valid: {}".format(type(top_block).__name__, source, top_stride, valid))
+    channels = out_channels if source == levels[-1] else input_shapes[source].channels
+    first = getattr(top_block, "p6", None)
+    if isinstance(first, nn.Conv2d) and first.in_channels != channels:
+        raise ValueError("top_block {} takes {} channels from {!r}, which has {} (in_channels={} would fit)".format(
+            type(top_block).__name__, first.in_channels, source, channels, channels))
+
+
 class AttentionFPN(Backbone):
     """Feature pyramid with attention-based aggregation (MSSA / MSCA, paper §3).
 
@@ -62,9 +175,9 @@ class AttentionFPN(Backbone):
         out_channels: int = 256,
         *,
         aggregation: Union[str, Mapping[str, str]] = "mssa",
-        attention_levels: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        attention_levels: Optional[Sequence[str]] = None,
         pooling: str = "multi_scale",
-        pool_strides: Sequence[int] = (16, 8, 4, 2),
+        pool_strides: Optional[Sequence[int]] = None,
         adaptive_pool_size: int = 7,
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
@@ -85,13 +198,15 @@ class AttentionFPN(Backbone):
             aggregation (str or dict[str, str]): the operator ("sum", "concat", "mssa", "msca")
                 used on ``attention_levels``; or a dict mapping a level ("p2".."p5") to an
                 operator, levels left out using "sum" (then ``attention_levels`` is not used).
-            attention_levels (list[str]): levels using ``aggregation`` when it is a str; the
+            attention_levels (list[str] or None): levels using ``aggregation`` when it is a str; the
                 others use "sum" (paper Table 4). Names are this pyramid's levels
-                ``p<log2 stride>`` of ``in_features``.
+                ``p<log2 stride>`` of ``in_features`` (p2..p5 for res2..res5, p3..p5 for res3..res5);
+                None: every level.
             pooling (str): key/value pooling of MS-Att: "multi_scale", "single_scale",
                 "adaptive" (paper Table 5).
-            pool_strides (list[int]): r_i per level, one per ``in_features`` (high to low
-                resolution); the paper's (16, 8, 4, 2) for p2..p5.
+            pool_strides (list[int] or None): r_i per level, one per ``in_features`` (high to low
+                resolution); None: derived from the levels present, ``64 / stride`` (at least 1), the
+                paper's (16, 8, 4, 2) for p2..p5 and (8, 4, 2) for p3..p5 (:func:`default_pool_strides`).
             adaptive_pool_size (int): side of the "adaptive" pool.
             num_heads (int): attention heads; must divide ``out_channels``.
             mlp_ratio (float): DW-MLP expansion.
@@ -107,82 +222,19 @@ class AttentionFPN(Backbone):
             upsample_mode (str or None): ``Up`` for every operator; None: bilinear for
                 MSSA/MSCA (paper), nearest for sum/concat (FPN).
             norm (str): detectron2 norm of the lateral, output and concat convs ("" for none).
-            top_block (nn.Module or None): extra levels from the last output, as in FPN
-                (e.g. ``LastLevelMaxPool()`` for p6).
+            top_block (nn.Module or None): extra levels, as in FPN: ``LastLevelMaxPool()`` for p6 (the
+                R-CNNs), ``LastLevelP6P7(C, out_channels, in_feature)`` for p6, p7 (RetinaNet from res5,
+                FCOS from p5). Its ``in_feature`` must be the deepest pyramid level or a bottom-up map of
+                the same stride, and a ``p6`` conv must take that map's channels.
             fuse_type (str): accepted for FPN parity; only "sum" (the operator does the fusing).
             square_pad (int): if > 0, pad inputs to this square size (``padding_constraints``).
         """
         super().__init__()
-        if not isinstance(bottom_up, Backbone):
-            raise ValueError(
-                "bottom_up must be a detectron2 Backbone, got {}".format(type(bottom_up).__name__)
-            )
-        in_features = list(in_features)
-        input_shapes = bottom_up.output_shape()
-        if not in_features:
-            raise ValueError("in_features is empty; valid: {}".format(list(input_shapes)))
-        for f in in_features:
-            if f not in input_shapes:
-                raise ValueError(
-                    "unknown in_feature {!r}; the bottom-up gives {}".format(f, list(input_shapes))
-                )
-        strides = [input_shapes[f].stride for f in in_features]
-        in_channels = [input_shapes[f].channels for f in in_features]
-        for i in range(1, len(strides)):
-            if strides[i] != 2 * strides[i - 1]:
-                raise ValueError(
-                    "in_features {} have strides {}, which are not log2-contiguous".format(
-                        in_features, strides
-                    )
-                )
+        in_features, strides, in_channels, levels = _pyramid_levels(bottom_up, in_features)
         if not _positive_int(out_channels):
             raise ValueError("out_channels must be a positive int, got {!r}".format(out_channels))
-        levels = ["p{}".format(int(math.log2(s))) for s in strides]
-
-        # ---- which operator on which level
-        if isinstance(aggregation, str):
-            if aggregation not in AGGREGATION_OPS:
-                raise ValueError(
-                    "unknown aggregation {!r}; valid: {}".format(aggregation, list(AGGREGATION_OPS))
-                )
-            if isinstance(attention_levels, str):
-                raise ValueError(
-                    "attention_levels must be a list of level names, got the str {!r}; "
-                    "valid names: {}".format(attention_levels, levels)
-                )
-            for lvl in attention_levels:
-                if lvl not in levels:
-                    raise ValueError(
-                        "unknown level {!r} in attention_levels; valid: {}".format(lvl, levels)
-                    )
-            ops = {lvl: (aggregation if lvl in attention_levels else baseline_operator()) for lvl in levels}
-        elif isinstance(aggregation, Mapping):
-            for lvl, op in aggregation.items():
-                if lvl not in levels:
-                    raise ValueError(
-                        "unknown level {!r} in aggregation; valid: {}".format(lvl, levels)
-                    )
-                if op not in AGGREGATION_OPS:
-                    raise ValueError(
-                        "unknown aggregation {!r} for level {}; valid: {}".format(
-                            op, lvl, list(AGGREGATION_OPS)
-                        )
-                    )
-            ops = {lvl: aggregation.get(lvl, baseline_operator()) for lvl in levels}
-        else:
-            raise ValueError(
-                "aggregation must be a str or a dict level -> str, got {!r}; valid operators: "
-                "{}".format(aggregation, list(AGGREGATION_OPS))
-            )
-
-        # ---- attention hyper-parameters
-        pool_strides = list(pool_strides)
-        if len(pool_strides) != len(in_features):
-            raise ValueError(
-                "pool_strides {} has {} entries; need one per in_feature {} (levels {})".format(
-                    pool_strides, len(pool_strides), in_features, levels
-                )
-            )
+        ops = _level_operators(aggregation, attention_levels, levels)
+        pool_strides = _level_pool_strides(pool_strides, in_features, strides, levels)
         # checked whatever the operators, so that a typo never hides behind "sum"
         check_attention_args(
             dim=out_channels, num_heads=num_heads, pooling=pooling, pool_strides=pool_strides,
@@ -207,6 +259,7 @@ class AttentionFPN(Backbone):
             )
         if not isinstance(square_pad, int) or square_pad < 0:
             raise ValueError("square_pad must be an int >= 0, got {!r}".format(square_pad))
+        _check_top_block(top_block, bottom_up.output_shape(), levels, strides[-1], out_channels)
 
         # ---- modules, named as detectron2's FPN names them. The convolutions every operator has are
         # built first, the operators after them: with the same random state, two pyramids that differ
@@ -276,10 +329,12 @@ class AttentionFPN(Backbone):
         self._square_pad = square_pad
 
     @classmethod
-    def from_config(cls, cfg, input_shape: ShapeSpec, bottom_up: Optional[Backbone] = None):
+    def from_config(cls, cfg, input_shape: ShapeSpec, bottom_up: Optional[Backbone] = None,
+                    top_block: Optional[nn.Module] = None):
         """yacs: ``MODEL.FPN.*`` as detectron2's ``build_resnet_fpn_backbone``, ``MODEL.AFA.*``.
 
-        ``bottom_up`` defaults to detectron2's ResNet built from ``MODEL.RESNETS``.
+        ``bottom_up`` defaults to detectron2's ResNet built from ``MODEL.RESNETS``, ``top_block`` to
+        ``LastLevelMaxPool()`` (p6 for the R-CNNs; RetinaNet's builder passes ``LastLevelP6P7``).
         """
         if bottom_up is None:
             from detectron2.modeling.backbone.resnet import build_resnet_backbone
@@ -291,9 +346,9 @@ class AttentionFPN(Backbone):
             "in_features": list(cfg.MODEL.FPN.IN_FEATURES),
             "out_channels": cfg.MODEL.FPN.OUT_CHANNELS,
             "aggregation": afa.AGGREGATION,
-            "attention_levels": list(afa.ATTENTION_LEVELS),
+            "attention_levels": list(afa.ATTENTION_LEVELS) or None,
             "pooling": afa.POOLING,
-            "pool_strides": list(afa.POOL_STRIDES),
+            "pool_strides": list(afa.POOL_STRIDES) or None,
             "adaptive_pool_size": afa.ADAPTIVE_POOL_SIZE,
             "num_heads": afa.NUM_HEADS,
             "mlp_ratio": afa.MLP_RATIO,
@@ -301,7 +356,7 @@ class AttentionFPN(Backbone):
             "start_as_fpn": bool(afa.START_AS_FPN),
             "upsample_mode": afa.UPSAMPLE_MODE or None,
             "norm": cfg.MODEL.FPN.NORM,
-            "top_block": LastLevelMaxPool(),
+            "top_block": LastLevelMaxPool() if top_block is None else top_block,
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
         }
 

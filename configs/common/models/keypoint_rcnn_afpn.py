@@ -1,0 +1,27 @@
+"""Keypoint R-CNN with an attention FPN: the model only (docs/DESIGN.md, "Beyond the paper's two detectors").
+
+detectron2's own ``common/models/keypoint_rcnn_fpn.py`` (its Mask R-CNN without the mask head, one class,
+17 COCO keypoints, the 8-conv keypoint head on p2..p5, 1500 / 1000 RPN proposals, smooth-L1 beta 0.5) with
+``FPN`` replaced by ``AttentionFPN`` on res2..res5 -> p2..p6, the pyramid of ``mask_rcnn_afpn.py``. With
+``aggregation="sum"`` this is detectron2's Keypoint R-CNN exactly (tests/test_detectors.py).
+"""
+import afa_d2  # noqa: F401  (detectron2 compat patches before detectron2 is used)
+from afa_d2.modeling import AttentionFPN
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+model = model_zoo.get_config("common/models/keypoint_rcnn_fpn.py").model
+
+model.backbone = L(AttentionFPN)(
+    bottom_up=model.backbone.bottom_up,
+    in_features="${.bottom_up.out_features}",
+    out_channels=256,
+    aggregation="mssa",  # "sum" (FPN) | "concat" | "mssa" | "msca"
+    attention_levels=["p2", "p3", "p4", "p5"],
+    pooling="multi_scale",
+    top_block=L(LastLevelMaxPool)(),
+)
+
+model.proposal_generator.nms_thresh = 0.7
+model.roi_heads.box_predictor.test_topk_per_image = 100

@@ -1,0 +1,6 @@
+"""Small-scale FCOS on ``shapes`` with MSSA on p3..p5 (the recipe of fcos_R_18_sum.py)."""
+from .fcos_R_18_sum import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.aggregation = "mssa"
+
+train.output_dir = "./output/shapes/fcos_R_18_mssa"

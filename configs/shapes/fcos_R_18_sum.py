@@ -1,0 +1,29 @@
+"""Small-scale FCOS on the built-in ``shapes`` dataset, sum-up (FPN) aggregation (docs/DESIGN.md,
+"Beyond the paper's two detectors").
+
+The recipe of ``mask_rcnn_R_18_sum.py`` (its half-width ResNet-18 with GroupNorm from scratch, 64-channel
+pyramid, shortest edge 192, AdamW at lr 1e-3, total batch 2, 4 epochs with the lr decays at 0.85 and 0.95,
+seed 0) under FCOS, ``common/models/fcos_afpn.py``: res3..res5 -> p3..p5, p6 / p7 from p5, detectron2's
+FCOS head at the pyramid's width (4 convs of 64 channels a branch, GroupNorm), its score threshold 0.2 and
+NMS 0.6, boxes only. FCOS has no anchor sizes to halve: detectron2 assigns an object to the level whose
+stride s bounds its largest regression distance by 4 s..8 s (open-ended at p3 and p7). The MSSA / MSCA rows
+import this file and change the operator.
+"""
+from detectron2.layers import ShapeSpec
+
+from ..common.models.fcos_afpn import model
+from .mask_rcnn_R_18_sum import dataloader, lr_multiplier, optimizer, train
+from .mask_rcnn_R_18_sum import model as _mask_rcnn
+
+model.backbone.bottom_up = _mask_rcnn.backbone.bottom_up
+model.backbone.bottom_up.out_features = ["res3", "res4", "res5"]
+model.backbone.out_channels = 64
+model.backbone.aggregation = "sum"
+model.head.input_shape = [ShapeSpec(channels=64)] * 5
+model.head.conv_dims = [64, 64, 64, 64]
+model.num_classes = 13  # 10 shapes + 3 context markers
+
+dataloader.train.mapper.use_instance_mask = False
+dataloader.evaluator.tasks = ("bbox",)
+
+train.output_dir = "./output/shapes/fcos_R_18_sum"
