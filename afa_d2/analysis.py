@@ -7,8 +7,9 @@ a checkpoint, at a chosen image size:
 * ``flop``: fvcore FLOPs (one multiply-add = one flop, detectron2's convention) of the whole
   detector's inference, per module, per operator, and **per pyramid level of the neck**
   (``p2..p6``: the level's lateral 1x1 conv, its aggregation operator, with how much of it is
-  attention, and its 3x3 output conv; ``p6`` is the max-pool). Attention is counted: the
-  handle of :func:`afa_d2.benchmark.flop_analysis` counts ``Q K^T`` and ``softmax(.) V`` of
+  attention, and its 3x3 output conv; the top block's levels: a max-pool ``p6``, or RetinaNet's and
+  FCOS's ``p6`` / ``p7`` convolutions). Attention is counted: the handle of
+  :func:`afa_d2.benchmark.flop_analysis` counts ``Q K^T`` and ``softmax(.) V`` of
   ``scaled_dot_product_attention``, which fvcore alone skips;
 * ``activation``: fvcore activation counts (output elements of convs and linears) per module;
 * ``parameter``: parameters per module (fvcore ``parameter_count_table``);
@@ -41,6 +42,7 @@ from afa_d2.model_zoo.build import (
     load_any_config,
     load_weights,
 )
+from afa_d2.modeling.inference import instance_tensors, raw_inference, supports_raw_inference
 
 __all__ = [
     "TASKS",
@@ -81,17 +83,15 @@ def random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 @contextlib.contextmanager
 def _traceable(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` with ``forward(image) -> tuple of tensors`` (one image, inference without
-    post-processing) for fvcore's tracer; module names stay the model's own ("backbone.fpn_lateral2")."""
+    post-processing, :mod:`afa_d2.modeling.inference`) for fvcore's tracer; module names stay the model's
+    own ("backbone.fpn_lateral2")."""
 
     def forward(self, image: torch.Tensor):
-        inst = self.inference([{"image": image}], do_postprocess=False)[0]
-        fields = inst.get_fields()
-        return tuple(inst.pred_boxes.tensor if k == "pred_boxes" else fields[k]
-                     for k in ("pred_boxes", "scores", "pred_classes", "pred_masks") if k in fields)
+        return instance_tensors(raw_inference(self, [{"image": image}])[0])
 
-    if not hasattr(model, "inference"):
-        raise AnalysisInputError("{} has no inference(): the analysis traces detectron2 meta-architectures "
-                                 "(GeneralizedRCNN)".format(type(model).__name__))
+    if not supports_raw_inference(model):
+        raise AnalysisInputError("{} has no known inference path: the analysis traces detectron2 meta-architectures "
+                                 "(GeneralizedRCNN, PanopticFPN, RetinaNet, FCOS)".format(type(model).__name__))
     model.forward = types.MethodType(forward, model)
     try:
         yield model
@@ -222,6 +222,16 @@ def _g(n: float) -> str:
     return "{:.3f}".format(n / 1e9)
 
 
+def _top_block_label(neck: nn.Module) -> str:
+    """What the top block computes: "max-pool" (LastLevelMaxPool), "3x3 convs from res5" (LastLevelP6P7), ..."""
+    top = getattr(neck, "top_block", None)
+    if top is None:
+        return ""
+    if not any(p.numel() for p in top.parameters()):
+        return "max-pool"
+    return "convs from {}".format(getattr(top, "in_feature", "?"))
+
+
 def format_level_table(per_level: Dict[str, Dict[str, int]], neck: Optional[nn.Module] = None) -> str:
     """Markdown table of :func:`neck_flops_by_level`, in GFLOPs (MFLOPs for a neck under 1 GFLOP)."""
     if not per_level:
@@ -238,7 +248,8 @@ def format_level_table(per_level: Dict[str, Dict[str, int]], neck: Optional[nn.M
         if level == "neck":
             continue
         roles = parts.get(level, {})
-        op = operator_label(neck, level) if "aggregation" in roles else ("max-pool" if "top_block" in roles else "")
+        op = operator_label(neck, level) if "aggregation" in roles else (_top_block_label(neck) if "top_block" in roles
+                                                                          else "")
         lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
             level, op, f(row["lateral"]), f(row["aggregation"]), f(row["attention"]), f(row["output"]),
             f(row["total"])))

@@ -58,6 +58,7 @@ from torch import nn
 
 from afa_d2.engine.precision import PRECISIONS, PrecisionError, check_precision, cpu_bf16_support, precision_scope
 from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator, use_checkpoint_mlp, use_reference_path
+from afa_d2.modeling.inference import TraceableInference
 
 OPS = tuple(AGGREGATION_OPS)  # the registry's order: the baseline (sum) first
 MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
@@ -135,19 +136,6 @@ class _NeckOnly(nn.Module):
     def forward(self, *features: torch.Tensor):
         out = self.neck.aggregate(dict(zip(self.neck.in_features, features)))
         return tuple(out.values())
-
-
-class _InferenceOnly(nn.Module):
-    """GeneralizedRCNN inference on one image tensor, outputs as tensors, for tracing."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
-        return tuple(inst.get_fields()[k] if k != "pred_boxes" else inst.pred_boxes.tensor
-                     for k in ("pred_boxes", "scores", "pred_classes", "pred_masks") if inst.has(k))
 
 
 # --------------------------------------------------------------------------------------- model
@@ -354,7 +342,7 @@ def measure_inference(
                 res["neck_flops"] = int(neck_flops.total())
                 res["neck_sdpa_flops"] = int(neck_flops.by_operator().get("scaled_dot_product_attention", 0))
                 if not args.skip_model_flops:
-                    model_flops = flop_analysis(_InferenceOnly(model).eval(), (image,))
+                    model_flops = flop_analysis(TraceableInference(model).eval(), (image,))
                     res["model_flops"] = int(model_flops.total())
                     res["model_sdpa_flops"] = int(
                         model_flops.by_operator().get("scaled_dot_product_attention", 0)

@@ -119,6 +119,7 @@ def test_presets_come_from_the_registry_and_the_configs():
     det = preset("detectors")
     assert {a.name: a.baseline for a in det.arms}["mask_rcnn/msca"] == "mask_rcnn/sum"
     assert {a.name: a.baseline for a in det.arms}["cascade_mask_rcnn/msca"] == "cascade_mask_rcnn/sum"
+    assert {a.name for a in det.arms} >= {"retinanet/sum", "retinanet/msca", "fcos/sum", "fcos/msca"}
     assert set(PRESETS) == {"table1", "table1-cascade", "table4", "table5", "finetune", "detectors"}
 
 
@@ -362,3 +363,35 @@ def test_publish_writes_between_the_markers(tmp_path):
     assert (repo / "docs" / "studies" / "custom" / "study.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="has no '<!-- study:other -->'"):
         replace_between_markers("text", "other", "body")
+
+
+def test_reuse_takes_another_studys_runs_of_the_same_config_and_seed_only(tmp_path, monkeypatch):
+    """``--reuse``: a run of another study is taken where fingerprint and seed are equal, under this study's arm
+    name, with where it came from; a run of another seed or config is not; nor a run another arm starts from."""
+    monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path / "cache"))
+    from afa_d2.study.runner import reusable_runs
+    from afa_d2.study.runs import fingerprint, run_config
+
+    design = custom_study("shapes/mask_rcnn_R_18_sum.py", [["base"], ["attn", "model.backbone.aggregation=msca"]],
+                          recipe=TINY)
+    fp = {a.name: fingerprint(run_config(design, a, 0, str(tmp_path)), 1) for a in design.arms}
+    other = tmp_path / "other"
+    other.mkdir()
+    runs = [{"arm": "msca", "seed": 0, "fingerprint": fp["attn"], "metrics": {"bbox/AP": 12.5}},
+            {"arm": "msca", "seed": 1, "fingerprint": "0123456789abcdef", "metrics": {"bbox/AP": 1.0}},
+            {"arm": "sum", "seed": 0, "fingerprint": fp["base"], "metrics": {"bbox/AP": 10.0}}]
+    (other / "study.json").write_text(json.dumps({"runs": runs}))
+    found, pending = plan(design, [0, 1], str(tmp_path / "new"), [], reusable_runs([str(other)]))
+    assert sorted((r["arm"], r["seed"], r["metrics"]["bbox/AP"]) for r in found) == [("attn", 0, 12.5),
+                                                                                    ("base", 0, 10.0)]
+    assert found[0]["reused_from"].endswith("study.json {}/seed0".format({"attn": "msca", "base": "sum"}[
+        found[0]["arm"]]))
+    assert sorted((a.name, s) for a, s, _ in pending) == [("attn", 1), ("base", 1)]
+    # a base that another arm starts from is trained here (its weights are needed), not taken
+    ft = preset("finetune", TINY)
+    base_fp = fingerprint(run_config(ft, ft.arm("base"), 0, str(tmp_path)), 1)
+    (other / "study.json").write_text(json.dumps({"runs": [{"arm": "x", "seed": 0, "fingerprint": base_fp}]}))
+    found, pending = plan(ft, [0], str(tmp_path / "ft"), [], reusable_runs([str(other / "study.json")]))
+    assert not found and ("base", 0) in [(a.name, s) for a, s, _ in pending]
+    with pytest.raises(StudyRunError, match=r"--reuse .*nowhere: no study record there"):
+        reusable_runs([str(tmp_path / "nowhere")])

@@ -4,6 +4,7 @@
     python tools/study.py --config shapes/mask_rcnn_R_18_mssa.py --arm bilinear \\
         --arm nearest model.backbone.upsample_mode=nearest --seeds 3 --output-dir out/up
     python tools/study.py --output-dir out/study_table1 --publish     # into docs/studies/ and the READMEs
+    python tools/study.py --preset detectors --seeds 3 --output-dir out/det --reuse out/study_table1  # same runs taken
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, default=None, help="shapes_train images (default 2000)")
     p.add_argument("--num-val", type=int, default=None, help="shapes_val images (default 200)")
     p.add_argument("--threads", type=int, default=None, help="torch threads a run (default 1; part of the recipe)")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="STUDY",
+                   help="other studies (study.json or its folder) whose finished runs of the same config, recipe and "
+                        "seed are taken instead of trained again")
     p.add_argument("--report", action="store_true", help="only rewrite study.md / study.png from study.json")
     p.add_argument("--time", action="store_true",
                    help="time every arm side by side in this process (inference per image, training step), on a "
@@ -108,6 +112,6 @@ def _run(args) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise StudyDesignError("--seeds must be >= 1, got {}".format(args.seeds))
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // design.recipe.threads)
-    run_study(design, seeds, args.output_dir, preset=args.preset, jobs=jobs)
+    run_study(design, seeds, args.output_dir, preset=args.preset, jobs=jobs, reuse=args.reuse)
     print(open(os.path.join(args.output_dir, "study.md")).read())
     return 0

@@ -7,6 +7,12 @@ progress, and those resume from their last checkpoint. A study resumes from ``st
 a run recorded there is never trained again, even where its folder is gone. A record or a run
 folder made from another config (another fingerprint) is refused in one line, not reused.
 
+``reuse``: other studies' ``study.json`` files whose finished runs this study may take instead of
+training them again: a run is taken only where its fingerprint (the whole resolved config and the
+recipe) and its seed equal the pending run's, whatever the arm is named there (the detectors study's
+``mask_rcnn/sum`` is table1's ``sum``). Its record notes where it came from; its weights stay where
+they are, so a run that another arm starts from is never taken.
+
 Runs train in worker processes (``python -m afa_d2.study.worker``), ``jobs`` at a time, each with the
 recipe's thread count; seeds in order, so a study stopped early holds whole seeds, which pair.
 """
@@ -24,7 +30,7 @@ from .design import Arm, StudyDesign, StudyDesignError, check_seeds
 from .runs import StudyRunError, check_run_dir, fingerprint, read_json, run_config, run_dir
 from .stats import study_statistics
 
-__all__ = ["STUDY_FILE", "FORMAT", "load_study", "plan", "run_study", "write_study"]
+__all__ = ["STUDY_FILE", "FORMAT", "load_study", "plan", "reusable_runs", "run_study", "write_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +99,25 @@ def _adopt(existing: Optional[Dict], design: StudyDesign, preset: Optional[str],
     return existing
 
 
+def reusable_runs(paths: Sequence[str]) -> Dict[Tuple[str, int], Dict]:
+    """(fingerprint, seed) -> a finished run record of the studies at ``paths`` (study.json files or folders)."""
+    found: Dict[Tuple[str, int], Dict] = {}
+    for path in paths:
+        file = path if path.endswith(".json") else _study_path(path)
+        study = read_json(file, "the study to reuse") if os.path.isfile(file) else None
+        if not study or "runs" not in study:
+            raise StudyRunError("--reuse {}: no study record there (a study.json or its folder is expected)".format(
+                path))
+        for r in study["runs"]:
+            if r.get("fingerprint"):
+                found.setdefault((r["fingerprint"], int(r["seed"])), dict(r, reused_from="{} {}/seed{}".format(
+                    file, r["arm"], r["seed"])))
+    return found
+
+
 def plan(design: StudyDesign, seeds: Sequence[int], output_dir: str,
-         recorded: Sequence[Dict] = ()) -> Tuple[List[Dict], List[Tuple[Arm, int, str]]]:
+         recorded: Sequence[Dict] = (), reuse: Optional[Dict[Tuple[str, int], Dict]] = None
+         ) -> Tuple[List[Dict], List[Tuple[Arm, int, str]]]:
     """What a study has and what it must still train.
 
     Returns:
@@ -105,6 +128,7 @@ def plan(design: StudyDesign, seeds: Sequence[int], output_dir: str,
         StudyRunError: a recorded run or a run folder of another config.
     """
     done = {(r["arm"], int(r["seed"])): r for r in recorded}
+    started_from = {a.init_from for a in design.arms if a.init_from}
     found, pending = [], []
     for seed in seeds:
         for arm in design.order():
@@ -118,6 +142,8 @@ def plan(design: StudyDesign, seeds: Sequence[int], output_dir: str,
                                             arm.name, seed, record.get("fingerprint"), fp))
                 continue
             record = check_run_dir(run_dir(output_dir, arm, seed), arm, seed, fp)
+            if record is None and reuse and arm.name not in started_from and (fp, seed) in reuse:
+                record = dict(reuse[(fp, seed)], arm=arm.name)
             if record is not None:
                 found.append(record)
             else:
@@ -170,8 +196,9 @@ def _init_weights(design: StudyDesign, arm: Arm, seed: int, output_dir: str) -> 
 
 
 def run_study(design: StudyDesign, seeds: Sequence[int], output_dir: str, *, preset: Optional[str] = None,
-              jobs: int = 1, echo=print) -> Dict:
-    """Train what the study is missing, ``jobs`` runs at a time; return the study record.
+              jobs: int = 1, reuse: Sequence[str] = (), echo=print) -> Dict:
+    """Train what the study is missing, ``jobs`` runs at a time; return the study record. Runs of the studies
+    in ``reuse`` with this study's fingerprints and seeds are taken instead of trained (see the module doc).
 
     Raises:
         StudyDesignError: bad seeds or jobs.
@@ -182,11 +209,14 @@ def run_study(design: StudyDesign, seeds: Sequence[int], output_dir: str, *, pre
         raise StudyDesignError("jobs must be an int >= 1, got {!r}".format(jobs))
     os.makedirs(output_dir, exist_ok=True)
     study = _adopt(load_study(output_dir), design, preset, output_dir)
-    found, pending = plan(design, seeds, output_dir, study["runs"])
+    found, pending = plan(design, seeds, output_dir, study["runs"], reusable_runs(reuse) if reuse else None)
     study["seeds"] = sorted(set(study["seeds"]) | set(seeds))
     study["runs"].extend(found)
     write_study(output_dir, study)  # the workers read the design from it
     total = len(study["runs"]) + len(pending)
+    for r in found:
+        if r.get("reused_from"):
+            echo("      {}/seed{}: taken from {} (same fingerprint)".format(r["arm"], r["seed"], r["reused_from"]))
     echo("study {!r}: {} arms x {} seeds; {} runs finished, {} to train, {} at a time ({} thread(s) each) -> {}"
          .format(design.name, len(design.arms), len(seeds), len(study["runs"]), len(pending), jobs,
                  design.recipe.threads, os.path.abspath(output_dir)))
