@@ -47,7 +47,19 @@ import sys
 import types
 from typing import Dict
 
-__all__ = ["MissingExtensionError", "has_extension", "apply", "APPLIED", "autocast_state", "end_process_group"]
+__all__ = [
+    "MissingExtensionError",
+    "has_extension",
+    "apply",
+    "APPLIED",
+    "autocast_state",
+    "config_child",
+    "distributed_worker",
+    "end_process_group",
+    "slurm_requeue_signal",
+    "tensor_version",
+    "trainer_hooks",
+]
 
 # Names of the patches applied in this process (empty with an official build).
 APPLIED: Dict[str, bool] = {}
@@ -284,3 +296,34 @@ def apply() -> Dict[str, bool]:
     if _patch_retinanet_norm():
         APPLIED["retinanet_norm"] = True
     return APPLIED
+
+
+# ------------------------------------------------------------------------------------------------
+# Private attributes of other libraries that afa_d2 reads, each behind one name here (docs/DESIGN.md,
+# "Layers": nothing outside this module touches another library's private API).
+def trainer_hooks(trainer) -> list:
+    """The hooks registered on a detectron2 ``TrainerBase`` (it keeps them in ``_hooks``, with no getter)."""
+    return list(trainer._hooks)
+
+
+def config_child(node, key):
+    """omegaconf's child node of a ``DictConfig`` / ``ListConfig`` without resolving it (``_get_node``: reading
+    ``node[key]`` would resolve interpolations such as ``${..test.dataset.names}`` and fail on missing values)."""
+    return node._get_node(key)
+
+
+def distributed_worker():
+    """detectron2's per-process worker of ``launch`` (``detectron2.engine.launch._distributed_worker``; on the
+    registry copy, afa_d2's CPU-capable replacement), for launchers that start the processes themselves."""
+    return importlib.import_module("detectron2.engine.launch")._distributed_worker
+
+
+def slurm_requeue_signal(job_env) -> int:
+    """The signal submitit's ``JobEnvironment`` asks Slurm to send before a requeue (``_usr_sig``)."""
+    return job_env._usr_sig()
+
+
+def tensor_version(x) -> int:
+    """PyTorch's in-place modification counter of a tensor (``_version``)."""
+    return x._version
+

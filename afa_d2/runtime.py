@@ -37,6 +37,8 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 
+from afa_d2.compat import tensor_version
+
 __all__ = [
     "MALLOC_ENV",
     "ThreadedROIAlign",
@@ -305,12 +307,12 @@ def _nchw(x):
         if _scope_depth == 0:
             return _nchw_copy(x)
         hit = _nchw_cache.get(id(x))
-        if hit is not None and hit[0] is x and hit[1] == x._version:
+        if hit is not None and hit[0] is x and hit[1] == tensor_version(x):
             return hit[2]
     copy = _nchw_copy(x)
     with _scope_lock:
         if _scope_depth > 0:
-            _nchw_cache[id(x)] = (x, x._version, copy)
+            _nchw_cache[id(x)] = (x, tensor_version(x), copy)
     return copy
 
 

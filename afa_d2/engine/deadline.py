@@ -32,6 +32,8 @@ from detectron2.engine import hooks
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils.events import EventStorage
 
+from afa_d2.compat import trainer_hooks
+
 from .hooks import MetricWriters, PeriodicEvaluation
 from .schedule import EpochStepMultiplier
 
@@ -85,7 +87,7 @@ def resize_training(trainer, max_iter: int) -> None:
         )
     old = int(trainer.max_iter)
     trainer.max_iter = max_iter
-    for h in trainer._hooks:
+    for h in trainer_hooks(trainer):
         if isinstance(h, hooks.PeriodicCheckpointer):
             h.max_iter = max_iter
             if h.period == old:

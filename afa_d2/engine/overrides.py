@@ -16,6 +16,8 @@ from typing import Iterable, List, Sequence
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from afa_d2.compat import config_child
+
 __all__ = ["UnknownConfigKeyError", "flatten_keys", "validate_override_keys", "apply_overrides", "load_config"]
 
 
@@ -35,9 +37,9 @@ class UnknownConfigKeyError(KeyError):
 def _children(node):
     if isinstance(node, DictConfig):
         # keys() never resolves interpolations ("${..test.dataset.names}") or missing values
-        return [(str(k), node._get_node(k)) for k in node.keys()]
+        return [(str(k), config_child(node, k)) for k in node.keys()]
     if isinstance(node, ListConfig):
-        return [(str(i), node._get_node(i)) for i in range(len(node))]
+        return [(str(i), config_child(node, i)) for i in range(len(node))]
     if isinstance(node, dict):
         return [(str(k), v) for k, v in node.items()]
     if isinstance(node, (list, tuple)):

@@ -55,6 +55,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from afa_d2.compat import distributed_worker, slurm_requeue_signal
+
 __all__ = [
     "DistributedSetup",
     "SlurmResources",
@@ -335,14 +337,14 @@ class TrainingTask:
 
         job_env = submitit.JobEnvironment()
         setup = distributed_setup(job_env, self.dist_port)
-        _exit_at_once_after_requeue(job_env._usr_sig())
+        _exit_at_once_after_requeue(slurm_requeue_signal(job_env))
         args = self.task_args(setup)
         print(f"afa_d2: task {setup.global_rank} of {setup.world_size} (node {setup.node}, local rank "
               f"{setup.local_rank}), rendezvous {setup.dist_url}, resume={args.resume}", flush=True)
         # train_net.py --num-gpus's per-process set-up (afa_d2.compat's on the registry copy)
         d2_launch = importlib.import_module("detectron2.engine.launch")
         results = []
-        d2_launch._distributed_worker(
+        distributed_worker()(
             setup.local_rank, functools.partial(_run_then_end_process_group, self.main_func, results),
             setup.world_size, setup.tasks_per_node, setup.node, setup.dist_url, (args,),
             timeout=d2_launch.DEFAULT_TIMEOUT,
