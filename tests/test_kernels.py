@@ -93,15 +93,64 @@ def test_plain_kernels_where_the_convolutions_do_not_apply(monkeypatch):
     x = torch.randn(1, 32, 23, 37)
     calls = _count_convs(monkeypatch)
     with kernel_policy("conv"):
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: F.linear / SDPA under autocast rules
+        m(x)
+        assert [c for c in calls if c[2:] == (1, 1)], "the check below would pass vacuously"
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.float16):  # fp16 autocast: no measured kernel, autocast's rules
             m(x)
         torch.jit.trace(m, (x,), check_trace=False)  # tracing (export): plain ops
-    assert [c for c in calls if c[1:] == (1, 1)] == [], calls  # only the depth-wise conv ran
+    assert [c for c in calls if c[2:] == (1, 1)] == [], calls  # only the depth-wise conv ran
     monkeypatch.setattr(K, "choose", lambda *a: pytest.fail("probed a product below the size limits"))
     with kernel_policy("probe"), torch.no_grad():  # small maps and few rows: never probed, plain
         K.token_linear(torch.nn.Linear(32, 32), torch.randn(1, K.MIN_TOKENS - 1, 32), (K.MIN_TOKENS - 1, 1))
         K.rows_linear(torch.nn.Linear(256, 256), torch.randn(K.MIN_ROWS_MACS // 256 ** 2 - 1, 256))
-    assert [c for c in calls if c[1:] == (1, 1)] == [], calls
+    assert [c for c in calls if c[2:] == (1, 1)] == [], calls
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_bf16_autocast_takes_the_measured_kernels_in_bf16(cross, monkeypatch):
+    """Under CPU bf16 autocast the 1x1 convolutions and the grouped attention convolutions run in bf16 (the
+    same precision as autocast's GEMM and SDPA): MS-Att's output is within a bf16 bound of the fp32 reference
+    and of the plain bf16 path, and the bf16 choices are probed and kept apart from the fp32 ones."""
+    m = _attention()
+    x_q = torch.randn(2, 32, 23, 37)
+    x_kv = torch.randn(2, 32, 12, 19) if cross else None
+    with torch.no_grad():
+        ref = m.forward_reference(x_q, x_kv)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with kernel_policy("plain"):
+                plain = m(x_q, x_kv).float()
+            calls = _count_convs(monkeypatch)
+            with kernel_policy("conv"):
+                conv = m(x_q, x_kv).float()
+    pointwise = [c for c in calls if c[2:] == (1, 1)]
+    assert (32, 32, 1, 1) in pointwise and (64, 32, 1, 1) in pointwise, calls  # q / proj and fc1 as convolutions
+    assert any(c[1] == 32 // 4 for c in pointwise if c[0] != 32 and c[0] != 64), calls  # keys as grouped weights
+    scale = ref.abs().max().item()
+    assert (conv - ref).abs().max().item() <= 0.03 * scale  # bf16: 8 bits of mantissa, a few products deep
+    assert (plain - ref).abs().max().item() <= 0.03 * scale
+    assert (conv - plain).abs().max().item() <= 0.03 * scale
+    assert (conv - ref).abs().max().item() > 0  # it did compute in bf16
+
+
+def test_bf16_choices_are_keyed_by_precision(tmp_path, monkeypatch):
+    monkeypatch.setenv("AFA_D2_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(K, "_choices", {})
+    monkeypatch.setattr(K, "_loaded_from", None)
+    seen = []
+
+    def probe(cin, cout):  # the probe runs under the caller's autocast: bf16 is measured as bf16
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return {"plain": 1.0, "conv": 0.5} if seen[-1] else {"plain": 0.5, "conv": 1.0}
+
+    monkeypatch.setattr(K, "_probe_linear", probe)
+    threads = torch.get_num_threads()
+    with kernel_policy("probe"):
+        assert K.choose("linear", (24, 48)) == "plain"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert K.choose("linear", (24, 48)) == "conv"
+    assert seen == [False, True]
+    assert K.choices() == {"linear:24x48:t{}".format(threads): "plain", "linear:24x48:t{}:bf16".format(threads): "conv"}
 
 
 def test_rows_linear_equals_the_linear_and_shares_its_parameters(monkeypatch):

@@ -33,8 +33,15 @@ functions the layers call, not copies of them: :func:`linear_ways`, :func:`atten
 real image). ``AFA_D2_KERNELS`` overrides the choice: ``probe`` (default), ``plain`` (always
 ``F.linear`` / SDPA) or ``conv`` (always the convolutions; tests use it on any host).
 
+**Low precision.** Under CPU bf16 autocast both kernels of a pair compute in bf16 (autocast casts the
+inputs of ``F.linear`` and ``F.conv2d`` alike), so the choice is made for bf16 separately: the key of a
+choice names its precision ("linear:256x512:t2:bf16"), and its probe runs under the caller's autocast,
+timing the bf16 kernels (oneDNN's bf16 convolution against the bf16 GEMM, the grouped bf16 convolutions
+against SDPA's bf16 kernel). NNPACK has no bf16 kernel: the 3x3 choice is fp32 only.
+
 The convolutions are only used where they compute the same thing in the same precision: CPU,
-float32, no autocast, not while tracing, scripting, exporting or compiling, contiguous tokens, at
+float32 without autocast or under bf16 autocast, not while tracing, scripting, exporting or compiling,
+contiguous tokens, at
 least ``MIN_TOKENS`` tokens (rows: ``MIN_ROWS_MACS`` multiply-adds) unless forced (below, call
 overhead dominates); rows only without autograd (inference: the box head's training step keeps
 ``F.linear``); attention by convolution only without autograd (its score tensor,
@@ -135,6 +142,15 @@ def _autocast_on() -> bool:
     return autocast_state("cpu")[0]
 
 
+def _precision() -> Optional[str]:
+    """The precision the kernels compute in here: "fp32" (no CPU autocast), "bf16" (CPU bf16 autocast), or
+    None (another autocast dtype: the plain ops)."""
+    enabled, dtype = autocast_state("cpu")
+    if not enabled:
+        return "fp32"
+    return "bf16" if dtype == torch.bfloat16 else None
+
+
 def _special_mode() -> bool:
     """Tracing, scripting, ONNX export or torch.compile: the plain ops, which every one supports."""
     if torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -146,9 +162,15 @@ def _special_mode() -> bool:
     return bool(onnx is not None and hasattr(onnx, "is_in_onnx_export") and onnx.is_in_onnx_export())
 
 
-def _applies(x: Tensor, dim: int = 3) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == dim
-            and (dim != 3 or x.is_contiguous()) and not _autocast_on() and not _special_mode())
+def _applies(x: Tensor, dim: int = 3, low_precision: bool = True) -> bool:
+    """Whether the measured kernels may run on ``x``: CPU, contiguous tokens, fp32 without autocast or
+    (``low_precision``) fp32 / bf16 under CPU bf16 autocast, no tracing or compiling."""
+    if x.device.type != "cpu" or x.dim() != dim or (dim == 3 and not x.is_contiguous()) or _special_mode():
+        return False
+    precision = _precision()
+    if precision == "fp32":
+        return x.dtype == torch.float32
+    return low_precision and precision == "bf16" and x.dtype in (torch.float32, torch.bfloat16)
 
 
 def nnpack_available() -> bool:
@@ -353,7 +375,9 @@ def choose(kind: str, signature: Tuple[int, ...]) -> str:
     policy = _policy()
     if policy != "probe":
         return policy
-    key = "{}:{}:t{}".format(kind, "x".join(map(str, signature)), torch.get_num_threads())
+    precision = _precision() or "fp32"
+    key = "{}:{}:t{}{}".format(kind, "x".join(map(str, signature)), torch.get_num_threads(),
+                               "" if precision == "fp32" else ":" + precision)
     with _lock:
         if key not in _choices:
             _load_cache()
@@ -367,8 +391,8 @@ def choose(kind: str, signature: Tuple[int, ...]) -> str:
         _choices[key] = choice
         alternative = ("{:.1f} ms".format(1e3 * times["conv"]) if math.isfinite(times["conv"])
                        else "not timed: missing or less accurate")
-        logger.info("CPU kernel for %s %s, %d threads: %s (probe: plain %.1f ms, %s %s); kept in %s, delete it "
-                    "to measure again", kind, signature, torch.get_num_threads(),
+        logger.info("CPU kernel for %s %s, %d threads, %s: %s (probe: plain %.1f ms, %s %s); kept in %s, delete "
+                    "it to measure again", kind, signature, torch.get_num_threads(), precision,
                     "plain" if choice == "plain" else ALTERNATIVES[kind], 1e3 * times["plain"], ALTERNATIVES[kind],
                     alternative, _cache_file())
         _save_cache()
@@ -471,7 +495,7 @@ class BatchedConv2d(_detectron2_conv2d()):
         return _sharing_parameters(new, conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not torch.is_grad_enabled() and _applies(x, dim=4) and x.shape[0] >= MIN_BATCH_3X3
+        if (not torch.is_grad_enabled() and _applies(x, dim=4, low_precision=False) and x.shape[0] >= MIN_BATCH_3X3
                 and _use_conv("conv3x3", (self.in_channels, self.out_channels, x.shape[2], x.shape[3]), True)
                 and nnpack_available()):
             x = _nnpack_conv3x3(x, self.weight, self.bias)
@@ -496,7 +520,7 @@ def _attend_conv(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) ->
     n, hw, c = q.shape
     heads, m, d = k.shape[1], k.shape[2], k.shape[3]
     h, w = feat_size
-    out = torch.empty(n, h, w, c, dtype=q.dtype)
+    out = torch.empty(n, h, w, c, dtype=torch.bfloat16 if _precision() == "bf16" else q.dtype)
     for i in range(n):
         q_map = q[i:i + 1].view(1, h, w, c).permute(0, 3, 1, 2)  # (1, C, H, W), channels-last view
         w_k = (k[i] * d ** -0.5).reshape(heads * m, d, 1, 1)  # head-major, as q's channels
@@ -521,7 +545,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Tenso
         Tensor of shape (N, H*W, C): ``softmax(Q K^T / sqrt(C/heads)) V``, heads concatenated.
     """
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if (not grad and _applies(q) and k.dtype == q.dtype
+    if (not grad and _applies(q) and (k.dtype == q.dtype or _precision() == "bf16")
             and _use_conv("attention", (q.shape[2], k.shape[1]), q.shape[1] >= MIN_TOKENS)):
         return _attend_conv(q, k, v, feat_size)
     return _attend_sdpa(q, k, v)
