@@ -505,12 +505,12 @@ def kv_token_regions(attn: nn.Module, kv_hw: Tuple[int, int]) -> List[PoolRegion
         list[PoolRegions]: one per pool (two for multi-scale, strides r and 2r).
     """
     h, w = int(kv_hw[0]), int(kv_hw[1])
-    if attn.pooling == "adaptive":
-        oh, ow = min(attn.adaptive_pool_size, h), min(attn.adaptive_pool_size, w)
-        pools = [("{}x{} adaptive".format(oh, ow), _adaptive_edges(h, oh), _adaptive_edges(w, ow))]
-    else:
-        pools = [("r={}".format(s), _window_edges(h, min(s, h)), _window_edges(w, min(s, w)))
-                 for s in attn.pool_strides]
+    pools = []
+    for pool in attn.pool_windows(h, w):
+        if pool.kernel is None:  # adaptive
+            pools.append((pool.name, _adaptive_edges(h, pool.out[0]), _adaptive_edges(w, pool.out[1])))
+        else:
+            pools.append((pool.name, _window_edges(h, pool.kernel[0]), _window_edges(w, pool.kernel[1])))
     out = []
     for name, rows, cols in pools:
         boxes = np.array([(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols], dtype=np.int64)

@@ -230,3 +230,22 @@ def test_a_bool_is_not_a_number_of_heads_anywhere():
     with pytest.raises(ValueError, match=r"X: pool_stride must be positive ints, got False"):
         check_attention_args(dim=16, num_heads=4, pooling="multi_scale", pool_strides=[False], adaptive_pool_size=7,
                              mlp_ratio=2.0, checkpoint_mlp=False, where="X")
+
+
+@pytest.mark.parametrize("pooling", ["multi_scale", "single_scale", "adaptive"])
+def test_pool_windows_describe_the_tokens_pool_tokens_makes(pooling):
+    """The one description of MS-Att's key/value geometry: as many tokens, in the same grids, as pool_tokens
+    makes, on maps below and above the strides; a kernel is the stride unless the map is smaller."""
+    from afa_d2.modeling.ms_attention import pool_tokens, pool_windows
+
+    m = MSAttention(16, 4, pooling=pooling, pool_stride=4, adaptive_pool_size=3)
+    for h, w in [(1, 1), (3, 5), (8, 8), (9, 17), (40, 23)]:
+        pools = m.pool_windows(h, w)
+        assert sum(p.tokens for p in pools) == pool_tokens(torch.zeros(1, 16, h, w), m.pooling, m.pool_strides,
+                                                           m.adaptive_pool_size).shape[1], (h, w)
+        if pooling != "adaptive":
+            assert [p.kernel for p in pools] == [(min(s, h), min(s, w)) for s in m.pool_strides]
+        assert pools == pool_windows(h, w, m.pooling, m.pool_strides, m.adaptive_pool_size)
+    assert m.unclamped_size == {"multi_scale": 8, "single_scale": 4, "adaptive": None}[pooling]
+    assert [p.name for p in m.pool_windows(40, 40)] == {"multi_scale": ["r=4", "r=8"], "single_scale": ["r=4"],
+                                                        "adaptive": ["3x3 adaptive"]}[pooling]

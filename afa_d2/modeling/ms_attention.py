@@ -24,6 +24,7 @@ benchmark it (``python tools/benchmark.py --reference``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -38,7 +39,9 @@ __all__ = [
     "check_attention_args",
     "DWMLP",
     "POOLING_TYPES",
+    "PoolWindow",
     "pool_tokens",
+    "pool_windows",
     "to_tokens",
     "token_view",
     "from_tokens",
@@ -331,6 +334,17 @@ class MSAttention(nn.Module):
             self.dim, self.num_heads, self.pooling, pools
         )
 
+    def pool_windows(self, h: int, w: int) -> List[PoolWindow]:
+        """The key/value pools of this block on an h x w key/value map (:func:`pool_windows`)."""
+        return pool_windows(h, w, self.pooling, self.pool_strides, self.adaptive_pool_size)
+
+    @property
+    def unclamped_size(self) -> Optional[int]:
+        """The smallest map side on which every pooling kernel equals its stride (none is clamped to the map),
+        so that a graph traced on such a map pools every larger map the same way; None for the adaptive pool,
+        whose kernels depend on the map size."""
+        return None if self.pooling == "adaptive" else max(self.pool_strides)
+
     def kv_tokens(self, x_kv: Tensor) -> Tensor:
         """Pooled key/value tokens f_kv of ``x_kv`` (N, C, H', W') -> (N, M, C)."""
         return pool_tokens(x_kv, self.pooling, self.pool_strides, self.adaptive_pool_size)
@@ -422,14 +436,37 @@ class MSAttention(nn.Module):
         return p_q.transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
 
 
-def _pool_output_sizes(
-    h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int
-) -> List[Tuple[int, int]]:
-    """The (h, w) of each pool of :func:`pool_tokens` for an input of h x w (for docs/tests)."""
+@dataclass(frozen=True)
+class PoolWindow:
+    """One pool of :func:`pool_tokens` on an h x w map: its name ("r=8", "7x7 adaptive"), its kernel (= its
+    stride, clamped to the map; None for the adaptive pool) and its output grid. The one description of MS-Att's
+    key/value geometry: token counts (the benchmark), token windows (the attention maps) and the sizes a traced
+    graph serves (the export) all read it."""
+
+    name: str
+    kernel: Optional[Tuple[int, int]]
+    out: Tuple[int, int]
+
+    @property
+    def tokens(self) -> int:
+        return self.out[0] * self.out[1]
+
+
+def pool_windows(h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int) -> List[PoolWindow]:
+    """The pools of :func:`pool_tokens` for an h x w input, in token order."""
+    h, w = int(h), int(w)
     if pooling == "adaptive":
-        return [(min(adaptive_size, h), min(adaptive_size, w))]
+        return [PoolWindow("{}x{} adaptive".format(min(adaptive_size, h), min(adaptive_size, w)), None,
+                           (min(adaptive_size, h), min(adaptive_size, w)))]
     out = []
     for s in strides:
         kh, kw = min(s, h), min(s, w)
-        out.append((-(-h // kh), -(-w // kw)))
+        out.append(PoolWindow("r={}".format(s), (kh, kw), (-(-h // kh), -(-w // kw))))
     return out
+
+
+def _pool_output_sizes(
+    h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int
+) -> List[Tuple[int, int]]:
+    """The (h, w) of each pool of :func:`pool_tokens` for an input of h x w (:func:`pool_windows`' grids)."""
+    return [p.out for p in pool_windows(h, w, pooling, strides, adaptive_size)]
