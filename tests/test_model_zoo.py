@@ -376,3 +376,22 @@ def test_one_command_trains_publishes_and_indexes(tmp_path, cache, monkeypatch):
     again = main(args)  # trained and published already: nothing new
     assert again["checkpoints"][MSCA]["sha256"] == entry["sha256"]
     assert sorted(os.listdir(tmp_path / "zoo")) == sorted([entry["file"], "model_zoo.json"])
+
+
+@pytest.mark.parametrize("config,arch", [
+    ("shapes/mask_rcnn_R_18_msca.py", "mask_rcnn"), ("shapes/cascade_mask_rcnn_R_18_sum.py", "cascade_mask_rcnn"),
+    ("shapes/retinanet_R_18_mssa.py", "retinanet"), ("shapes/fcos_R_18_sum.py", "fcos"),
+    ("COCO/panoptic_fpn_R_50_msca_1x.py", "panoptic_fpn"), ("COCO/keypoint_rcnn_R_50_sum_1x.py", "keypoint_rcnn"),
+])
+def test_a_checkpoints_record_names_its_detector(config, arch, tmp_path):
+    """The metadata of a published checkpoint names the detector of any shipped config (the one-stage ones
+    have no RoI heads), from the config file and from a run's dumped config.yaml alike."""
+    from afa_d2.model_zoo import get_config
+    from afa_d2.model_zoo.publish import describe_config
+    from detectron2.config import LazyConfig
+
+    cfg = get_config(config)
+    record = describe_config(cfg)
+    assert record["arch"] == arch and record["operator"] == cfg.model.backbone.aggregation
+    LazyConfig.save(cfg, str(tmp_path / "config.yaml"))
+    assert describe_config(LazyConfig.load(str(tmp_path / "config.yaml")))["arch"] == arch

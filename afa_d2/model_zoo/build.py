@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["YACS_SUFFIXES", "build_model", "default_image_size", "inference_augmentations", "input_format",
+__all__ = ["YACS_SUFFIXES", "architecture", "build_model", "default_image_size", "inference_augmentations", "input_format",
            "is_yacs", "load_any_config", "load_weights", "looks_like_yacs"]
 
 YACS_SUFFIXES = (".yaml", ".yml")
@@ -121,6 +121,28 @@ def input_format(cfg) -> str:
     if is_yacs(cfg):
         return str(cfg.INPUT.FORMAT)
     return str(cfg.model.get("input_format", "BGR"))
+
+
+def _target_name(node) -> str:
+    target = node.get("_target_", "") if hasattr(node, "get") else ""
+    return target if isinstance(target, str) else getattr(target, "__qualname__", str(target))
+
+
+def architecture(cfg) -> str:
+    """The detector a LazyConfig builds, by its meta-architecture and heads: "mask_rcnn", "cascade_mask_rcnn",
+    "keypoint_rcnn", "panoptic_fpn", "retinanet", "fcos", or the meta-architecture's class name."""
+    model = cfg.model
+    meta = _target_name(model).rsplit(".", 1)[-1]
+    if meta == "PanopticFPN":
+        return "panoptic_fpn"
+    if meta in ("RetinaNet", "FCOS"):
+        return meta.lower()
+    if meta == "GeneralizedRCNN":
+        heads = model.get("roi_heads", {})
+        if "Cascade" in _target_name(heads):
+            return "cascade_mask_rcnn"
+        return "keypoint_rcnn" if "keypoint_head" in heads else "mask_rcnn"
+    return meta or "?"
 
 
 def load_weights(model: nn.Module, path: str, config_name: str = "the config") -> None:

@@ -94,10 +94,11 @@ def provenance() -> Dict[str, Any]:
 
 def describe_config(cfg) -> Dict[str, Any]:
     """Operator, architecture and datasets of a LazyConfig, for the metadata record."""
-    heads = str(cfg.model.roi_heads.get("_target_", ""))
+    from .build import architecture
+
     return {
         "operator": str(cfg.model.backbone.get("aggregation", baseline_operator())),
-        "arch": "cascade_mask_rcnn" if "Cascade" in heads else "mask_rcnn",
+        "arch": architecture(cfg),
         "dataset": {"train": str(cfg.dataloader.train.dataset.names), "test": str(cfg.dataloader.test.dataset.names)},
     }
 

@@ -1,7 +1,7 @@
 """Train and publish the built-in-dataset model zoo in one command (``tools/train_model_zoo.py``).
 
-For each config (default :data:`ZOO_CONFIGS`: Mask R-CNN with sum, concat, MSSA and MSCA, and
-Cascade Mask R-CNN with MSCA, all on ``shapes``), in its own process (so that its peak memory is its
+For each config (default :data:`ZOO_CONFIGS`: Mask R-CNN with sum, concat, MSSA and MSCA,
+Cascade Mask R-CNN with MSCA, RetinaNet and FCOS with sum, MSSA and MSCA, all on ``shapes``), in its own process (so that its peak memory is its
 own): train ``max_iter`` iterations with the config's schedule re-sized to that length
 (:func:`afa_d2.engine.fit_schedule_to_iters`), evaluate on the val split, time inference per val
 image. Then publish each final checkpoint into the zoo folder (:func:`~.publish.publish_checkpoint`,
@@ -29,6 +29,12 @@ ZOO_CONFIGS = (
     "shapes/mask_rcnn_R_18_mssa.py",
     "shapes/mask_rcnn_R_18_msca.py",
     "shapes/cascade_mask_rcnn_R_18_msca.py",
+    "shapes/retinanet_R_18_sum.py",
+    "shapes/retinanet_R_18_mssa.py",
+    "shapes/retinanet_R_18_msca.py",
+    "shapes/fcos_R_18_sum.py",
+    "shapes/fcos_R_18_mssa.py",
+    "shapes/fcos_R_18_msca.py",
 )
 # The fresh-clone demo's length on a 2-core host (configs/README.md): about 9 minutes a model.
 DEFAULT_MAX_ITER = 1300
@@ -228,7 +234,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="tools/train_model_zoo.py",
         description="Train and publish the built-in-dataset model zoo (shapes): Mask R-CNN with sum, concat, "
-        "MSSA and MSCA and Cascade Mask R-CNN with MSCA, then write the zoo's index and MODEL_ZOO.md.")
+        "MSSA and MSCA, Cascade Mask R-CNN with MSCA, RetinaNet and FCOS with sum, MSSA and MSCA, then write the "
+        "zoo's index and MODEL_ZOO.md.")
     p.add_argument("--output-dir", default="./output/model_zoo", help="where the training runs go")
     p.add_argument("--zoo-dir", default=None,
                    help="the zoo folder to publish into (default $AFA_D2_CACHE/model_zoo)")
