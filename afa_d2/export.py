@@ -1,8 +1,13 @@
 """Export an afa_d2 detector to ONNX or TorchScript, and run the exported file.
 
-The whole detector (Mask R-CNN or Cascade Mask R-CNN, any aggregation operator) is traced as
-detectron2's ``tools/deploy/export_model.py`` traces it: :class:`detectron2.export.TracingAdapter`
-around ``model.inference(inputs, do_postprocess=False)``, one image in, flat tensors out.
+The whole detector (Mask R-CNN, Cascade Mask R-CNN, RetinaNet or FCOS; any aggregation operator) is
+traced as detectron2's ``tools/deploy/export_model.py`` traces it: :class:`detectron2.export.TracingAdapter`
+around the detector's inference without postprocessing, one image in, flat tensors out. That inference is
+:func:`afa_d2.modeling.inference.raw_inference`, the one the benchmark and the analysis run
+(``model.inference(inputs, do_postprocess=False)`` for an R-CNN, the head and ``forward_inference`` for
+RetinaNet / FCOS). Refused before anything is traced, one line each: Panoptic FPN (the graph would hold its
+instances only) and keypoint heads (detectron2's ``heatmaps_to_keypoints`` is a scripted loop that
+``torch.onnx`` cannot export).
 
     from afa_d2 import export
     info = export.export_config("shapes/mask_rcnn_R_18_msca.py", "out/model.onnx", weights="model_final.pth",
@@ -14,11 +19,14 @@ around ``model.inference(inputs, do_postprocess=False)``, one image in, flat ten
 model does). Outputs, named in the ONNX file and listed in the metadata of both formats, as
 :class:`detectron2.export.TracingAdapter` flattens the ``Instances`` (fields sorted by name):
 
-* ``pred_boxes`` (N, 4) float32, XYXY in the input image's pixels (clipped to it);
+* ``pred_boxes`` (N, 4) float32, XYXY in the input image's pixels (clipped to it by the R-CNNs; RetinaNet
+  and FCOS leave them unclipped, as detectron2 does before ``detector_postprocess``, which clips);
 * ``pred_classes`` (N,) int64; ``scores`` (N,) float32, sorted by NMS per class, as detectron2 leaves them;
-* ``pred_masks`` (N, 1, M, M) float32 (M = 28): mask **probabilities** (the sigmoid of the mask head's
-  logits for the predicted class), in the box's frame, *before* pasting into the image
-  (:func:`run_exported` pastes them, with detectron2's ``detector_postprocess``);
+* ``pred_masks`` (N, 1, M, M) float32 (M = 28), Mask R-CNN and Cascade only: mask **probabilities** (the
+  sigmoid of the mask head's logits for the predicted class), in the box's frame, *before* pasting into
+  the image (:func:`run_exported` pastes them, with detectron2's ``detector_postprocess``). RetinaNet and
+  FCOS have no such output (the metadata's ``masks`` is "none"); their ``scores`` are the classifier's
+  sigmoid (FCOS: the square root of its product with the centerness);
 * ``image_size`` (2,) int64: (H, W) of the input.
 
 **Attention.** MS-Att's kernels fall back to the plain ops while tracing or exporting
@@ -48,20 +56,45 @@ reshapes and to the DW-MLP's (N, H, W, C) view, and everything from detectron2 (
 proposals, RoI heads, the number of detections) is dynamic as well. What tracing does fix is MS-Att's
 pooling kernels, ``min(r, H)`` per axis (an int, as ``avg_pool2d`` needs): they are ``r`` on every map at
 least ``r`` wide, so the graph equals PyTorch for every input whose padded size puts each level's map at
-or above its largest pooling stride, ``max(r) * level stride`` (128x128 for the shipped strides 16, 8, 4,
-2 on p2-p5 with multi-scale pooling: 32 x 4 on p2). An export at 97x131 (padded 128x160) equals PyTorch at
-150x203, at 160x128 and at 250x300 (tested). :func:`export_model` records that minimum; a graph traced on a
+or above its largest pooling stride, ``max(r) * level stride``, over the levels of the neck
+(``backbone.levels``) that have an MS-Att block: 128x128 for the shipped strides 16, 8, 4, 2 on p2-p5 with
+multi-scale pooling (32 x 4 on p2), and 128x128 too for RetinaNet's and FCOS's p3-p5 with 8, 4, 2 (16 x 8 on
+p3, 8 x 16 on p4, 4 x 32 on p5). Their p6 / p7 come from ``LastLevelP6P7``'s stride-2 convolutions, which
+take any size, and their anchors, per-level candidates and NMS are dynamic, so the p3 start changes
+nothing else. An export at 97x131 (padded 128x160) equals PyTorch at 150x203, at 160x128 and at 250x300
+(tested; RetinaNet and FCOS at 150x203). :func:`export_model` records that minimum; a graph traced on a
 sample below it (its kernels were clamped), one with ``pooling="adaptive"`` (the output grid is fixed) and
 one with a ``square_size`` pad serve only the sample's padded size, as before. :class:`ExportedModel`
 checks the size first and raises :class:`ExportedSizeError`, one line naming both sizes and what to do;
 the TorchScript file carries the same check in its own (scripted) forward, for users who load it
 without afa_d2. Files written before this rule carry no minimum and keep their one padded size.
 
+**RetinaNet's and FCOS's candidates on detectron2 v0.6.** Each pyramid level keeps at most
+``test_topk_candidates`` boxes above the score threshold before NMS. v0.6 takes
+``min(topk_candidates, count)`` in Python, which a trace freezes to whichever won on the sample: a graph
+traced where a level had fewer candidates than the cap keeps every candidate of that level on a larger
+input (measured on the tests' tiny FCOS with a cap of 300: 873 detections against PyTorch's 753 at
+150x203). Later detectron2 clamps the traced count instead; :func:`_traceable_min` does the same on v0.6
+while tracing (``tests/test_export.py`` exports where a level is under the cap and runs where it is over).
+
+**Near-tied scores.** Two detections whose scores differ by float rounding can come out of NMS in either
+order, in PyTorch and in onnxruntime alike (onnxruntime's scores differ from PyTorch's by up to about 2e-7
+in the tests); with a hundred detections of a random RetinaNet or FCOS, whose scores crowd around the
+head's prior, a swapped pair turns up. The check of an export (``verify``) and the tests compare detection
+by detection after :func:`align_detections`, which pairs the detections within such a tie by class and
+box; everything else is compared in place. What no pairing can undo: where a hard cut (a level's top-k,
+the score threshold) falls between two candidates that close, either may be kept. The tests' random heads
+put such candidates 1e-8 apart at a cut of 200 on a level, but far below the 100 best, so the output is
+the same; they compare a thousand detections only for TorchScript, which equals PyTorch bit for bit.
+
 **Metadata.** Both formats carry a JSON record (``afa_d2_export``: ONNX ``metadata_props``, a
 TorchScript extra file): output names, input format, the sample's padded size, the padded sizes the graph
 serves (``min_padded_size``, ``max_padded_size``: null for no limit) and the range of H, W it takes,
 the config's test-time resize (when exported from a config: :func:`run_exported` applies it, as
-:class:`afa_d2.predictor.Predictor` does), the operators per level, the meta-architecture.
+:class:`afa_d2.predictor.Predictor` does), the operators per level, what the model is
+(``meta_architecture``: GeneralizedRCNN, RetinaNet or FCOS; ``head``: the class that makes the detections,
+the RoI heads of an R-CNN or RetinaNet's / FCOS's dense head; ``roi_heads``: null for RetinaNet and FCOS),
+whether it has masks (``masks``).
 
 **TracingAdapter on the registry copy.** detectron2 v0.6's ``detectron2/export/__init__.py`` imports
 ``export/api.py``, which imports ``caffe2`` (gone from PyTorch), so ``from detectron2.export import
@@ -92,6 +125,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from afa_d2.modeling.inference import raw_inference, supports_raw_inference
+
 __all__ = [
     "DEFAULT_OPSET",
     "EXPORT_FORMATS",
@@ -104,6 +139,7 @@ __all__ = [
     "ExportedModel",
     "ExportedSizeError",
     "MissingExportDependencyError",
+    "align_detections",
     "export_config",
     "export_model",
     "format_of",
@@ -184,33 +220,60 @@ def tracing_adapter_class() -> type:
 
 
 def _inference(model: nn.Module, inputs):
-    """The traced function: inference without postprocessing (boxes in the input's pixels,
-    28x28 mask probabilities), as detectron2's exporter traces a GeneralizedRCNN."""
-    return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+    """The traced function: :func:`afa_d2.modeling.inference.raw_inference` (detections before
+    ``detector_postprocess``: boxes in the input's pixels, an R-CNN's 28x28 mask probabilities)."""
+    return [{"instances": raw_inference(model, inputs)[0]}]
 
 
 def _identity_scale_gradient(x: Tensor, scale: float) -> Tensor:
     return x
 
 
+def _traceable_min(*args, **kwargs):
+    """Python's ``min``, except that ``min(int, traced size)`` is ``torch.clamp(size, max=int)``.
+
+    detectron2 v0.6's ``DenseDetector._decode_per_level_predictions`` keeps
+    ``min(topk_candidates, topk_idxs.size(0))`` candidates a level. While tracing, the size is a
+    0-dim tensor, and ``min`` compares it with the int in Python: the graph keeps whichever won on the
+    sample, either the constant (right) or the sample's count with no cap (wrong on an input with more
+    candidates than ``topk_candidates``). Later detectron2 clamps the traced size instead, which is what
+    this returns; anything else goes to ``min`` unchanged.
+    """
+    if len(args) == 2 and not kwargs:
+        a, b = args
+        if isinstance(b, Tensor) and isinstance(a, int) and not isinstance(a, bool):
+            return torch.clamp(b, max=a)
+        if isinstance(a, Tensor) and isinstance(b, int) and not isinstance(b, bool):
+            return torch.clamp(a, max=b)
+    return min(*args, **kwargs)
+
+
 @contextmanager
 def _inference_graph() -> Iterator[None]:
     """What a traced inference graph must not contain, replaced by what it computes forward.
 
-    detectron2 v0.6's ``CascadeROIHeads._run_stage`` calls the autograd Function ``_ScaleGradient``
-    (identity forward, gradient scaled by 1 / stages backward) at inference too; tracing keeps it as a
-    Python op, which ``torch.onnx.export`` inlines but TorchScript cannot script or save. While tracing
-    it is the identity (later detectron2 calls it only in training, so nothing changes there).
+    * detectron2 v0.6's ``CascadeROIHeads._run_stage`` calls the autograd Function ``_ScaleGradient``
+      (identity forward, gradient scaled by 1 / stages backward) at inference too; tracing keeps it as a
+      Python op, which ``torch.onnx.export`` inlines but TorchScript cannot script or save. While tracing
+      it is the identity (later detectron2 calls it only in training, so nothing changes there).
+    * RetinaNet's and FCOS's per-level top-k (``detectron2.modeling.meta_arch.dense_detector``): that
+      module's ``min`` is :func:`_traceable_min` while tracing, so the cap on candidates stays in the
+      graph on detectron2 v0.6 as it does on later versions (where the module's ``min`` only ever sees
+      ints, so the stand-in changes nothing).
     """
-    try:
-        from detectron2.modeling.roi_heads import cascade_rcnn
-    except ImportError:
-        yield
-        return
-    if not hasattr(cascade_rcnn, "_ScaleGradient"):
-        yield
-        return
-    with mock.patch.object(cascade_rcnn._ScaleGradient, "apply", _identity_scale_gradient):
+    with ExitStack() as stack:
+        try:
+            from detectron2.modeling.roi_heads import cascade_rcnn
+        except ImportError:
+            cascade_rcnn = None
+        if hasattr(cascade_rcnn, "_ScaleGradient"):
+            stack.enter_context(mock.patch.object(cascade_rcnn._ScaleGradient, "apply", _identity_scale_gradient))
+        try:
+            from detectron2.modeling.meta_arch import dense_detector
+        except ImportError:
+            dense_detector = None
+        if dense_detector is not None:
+            stack.enter_context(mock.patch.object(dense_detector, "min", _traceable_min, create=True))
         yield
 
 
@@ -437,11 +500,34 @@ def load_model(config, weights: Optional[str] = None, overrides: Sequence[str] =
     return build_model(cfg, path or None, device, seed=None, config_name=name), cfg
 
 
+def _check_exportable(model: nn.Module) -> None:
+    """ExportError, one line, for a model :func:`export_model` does not export (see the module's doc), before
+    anything is traced."""
+    name = type(model).__name__
+    if not hasattr(model, "backbone") or not supports_raw_inference(model):
+        raise ExportError("export_model needs a detectron2 GeneralizedRCNN (Mask / Cascade Mask R-CNN), RetinaNet "
+                          "or FCOS, got {}".format(name))
+    if hasattr(model, "sem_seg_head"):
+        raise ExportError("export_model does not export a {}: the graph would hold its instances only, without the "
+                          "semantic and panoptic outputs that make it a {}".format(name, name))
+    if getattr(getattr(model, "roi_heads", None), "keypoint_on", False):
+        raise ExportError("export_model does not export keypoints ({} with {}'s keypoint head): detectron2's "
+                          "heatmaps_to_keypoints is a scripted loop that torch.onnx cannot export (advanced indexing "
+                          "on a tensor of unknown rank), and run_exported reads no keypoints".format(
+                              name, type(model.roi_heads).__name__))
+
+
 def _describe_model(model: nn.Module) -> Dict[str, Any]:
+    """The metadata's description of ``model``: its meta-architecture, the head that makes its detections
+    (the RoI heads of an R-CNN, the dense head of RetinaNet / FCOS), its RoI heads (None for a one-stage
+    detector) and the operator of every pyramid level."""
     backbone = getattr(model, "backbone", None)
+    roi_heads = getattr(model, "roi_heads", None)
+    head = roi_heads if roi_heads is not None else getattr(model, "head", None)
     return {
         "meta_architecture": type(model).__name__,
-        "roi_heads": type(getattr(model, "roi_heads", None)).__name__,
+        "head": type(head).__name__ if head is not None else None,
+        "roi_heads": type(roi_heads).__name__ if roi_heads is not None else None,
         "operators": dict(getattr(backbone, "level_ops", {}) or {}),
     }
 
@@ -471,7 +557,8 @@ class ExportInfo:
     resize: Optional[Dict[str, Any]]
     masks: str
     meta_architecture: str
-    roi_heads: str
+    head: Optional[str]
+    roi_heads: Optional[str]
     operators: Dict[str, str]
     detections_on_sample: int
     class_names: List[str] = field(default_factory=list)
@@ -547,11 +634,13 @@ def export_model(
     tolerance: float = 1e-3,
     class_names: Sequence[str] = (),
 ) -> ExportInfo:
-    """Trace a detectron2 R-CNN (an afa_d2 Mask / Cascade Mask R-CNN) and write it as ONNX or TorchScript.
+    """Trace a detectron2 detector (an afa_d2 Mask / Cascade Mask R-CNN, RetinaNet or FCOS) and write it as
+    ONNX or TorchScript.
 
     Args:
-        model: a GeneralizedRCNN; put in eval mode for the export (its mode and ``requires_grad`` flags
-            are restored after).
+        model: a GeneralizedRCNN (Mask / Cascade Mask R-CNN), RetinaNet or FCOS; put in eval mode for the
+            export (its mode and ``requires_grad`` flags are restored after). Panoptic FPN and keypoint
+            heads are refused (ExportError, one line, naming why).
         output (str): the file (".onnx"; ".ts" or ".pt"), or a folder (then ``format`` names the file
             ``model.onnx`` / ``model.ts``).
         format (str): "onnx" or "torchscript"; None: from the suffix.
@@ -562,8 +651,9 @@ def export_model(
         input_format (str): recorded in the metadata ("BGR" / "RGB"), for the runner.
         resize (dict or None): the test-time resize the runner applies first (``{"short_edge_length": [s],
             "max_size": m}``); :func:`export_config` fills it from the config.
-        verify (bool): run the written file on the sample and compare with PyTorch; ExportError when an
-            output differs by more than ``tolerance`` times max(1, its largest magnitude).
+        verify (bool): run the written file on the sample and compare with PyTorch (detections paired by
+            :func:`align_detections`); ExportError when an output differs by more than ``tolerance`` times
+            max(1, its largest magnitude).
 
     Returns:
         :class:`ExportInfo`.
@@ -579,8 +669,7 @@ def export_model(
     fmt = format_of(path, format)
     if fmt == "onnx":
         onnx = _require("onnx", "ONNX export")
-    if not hasattr(model, "inference") or not hasattr(model, "backbone"):
-        raise ExportError("export_model needs a detectron2 GeneralizedRCNN, got {}".format(type(model).__name__))
+    _check_exportable(model)
     device = next(model.parameters()).device
     image = _sample_tensor(sample, height, width, device)
 
@@ -644,7 +733,8 @@ def export_model(
     info.seconds = time.perf_counter() - t0
     logger.info("Exported %s (%s) in %.1f s: %s", path, fmt, info.seconds, ", ".join(names))
     if verify:
-        outputs = ExportedModel(path, device=str(device)).run_tensor(image.cpu())
+        outputs = align_detections(dict(zip(names, reference)),
+                                   ExportedModel(path, device=str(device)).run_tensor(image.cpu()), tolerance)
         for name, ref in zip(names, reference):
             got = torch.as_tensor(outputs[name])
             if got.shape != ref.shape:
@@ -657,6 +747,71 @@ def export_model(
                 raise ExportError("exported {} differs from PyTorch on the sample: {} max |diff| {:.3g} > {:.3g}".format(
                     path, name, diff, tolerance * scale))
     return info
+
+
+def align_detections(reference: Dict[str, Any], outputs: Dict[str, Any], tolerance: float = 1e-3) -> Dict[str, Any]:
+    """``outputs`` with its detections put in ``reference``'s order where the two differ only in the order of
+    near-tied scores.
+
+    Both list their detections by decreasing score (NMS's order), and two detections whose scores are
+    within float rounding of each other can come out in either order (the tests' random FCOS swaps a pair
+    in onnxruntime at 150x203; see the module's doc). Within each run of reference scores whose neighbours
+    are at most ``tolerance`` apart, every reference detection (in order) is paired with the free exported
+    one of its class nearest in box and score, its own place first when that is as near; detections
+    outside such runs keep their places. Every output whose first dimension is the number of detections
+    is reordered alike (masks too).
+
+    Args:
+        reference, outputs: output name -> array or tensor (as :meth:`ExportedModel.run_tensor` returns),
+            with ``scores`` (N,), ``pred_classes`` (N,) and ``pred_boxes`` (N, 4).
+        tolerance (float): scores at most this far apart are tied.
+
+    Returns:
+        dict: ``outputs`` reordered (each value of the type it had), or ``outputs`` itself when either has
+        no ``scores`` / ``pred_classes`` / ``pred_boxes`` or the numbers of detections differ (a comparison of
+        shapes then reports it).
+    """
+    keys = ("scores", "pred_classes", "pred_boxes")
+    if not all(k in reference and k in outputs for k in keys):
+        return outputs
+
+    def as_float64(value) -> np.ndarray:
+        return np.asarray(torch.as_tensor(value).detach().cpu().double())
+
+    ref_scores, ref_classes, ref_boxes = (as_float64(reference[k]) for k in keys)
+    scores, classes, boxes = (as_float64(outputs[k]) for k in keys)
+    n = len(ref_scores)
+    if len(scores) != n or ref_boxes.shape != boxes.shape:
+        return outputs
+    order = np.arange(n)
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and abs(ref_scores[end] - ref_scores[end - 1]) <= tolerance:
+            end += 1
+        if end - start > 1:  # a run of tied scores: pair by class, box and score
+            cost = np.maximum(np.abs(boxes[None, start:end] - ref_boxes[start:end, None]).max(axis=-1),
+                              np.abs(scores[None, start:end] - ref_scores[start:end, None]))  # (run, run)
+            cost[classes[None, start:end] != ref_classes[start:end, None]] = np.inf
+            free = np.ones(end - start, dtype=bool)
+            for i in range(end - start):
+                row = np.where(free, cost[i], np.inf)
+                if free[i] and row[i] <= row.min():
+                    j = i
+                elif np.isfinite(row.min()):
+                    j = int(np.argmin(row))
+                else:  # nothing of its class is left: any free one, which the comparison then reports
+                    j = int(np.flatnonzero(free)[0])
+                free[j] = False
+                order[start + i] = start + j
+        start = end
+    if (order == np.arange(n)).all():
+        return outputs
+    aligned = dict(outputs)
+    for name, value in outputs.items():
+        if name != "image_size" and len(getattr(value, "shape", ())) > 0 and value.shape[0] == n:
+            aligned[name] = value[torch.as_tensor(order)] if isinstance(value, Tensor) else np.asarray(value)[order]
+    return aligned
 
 
 def export_config(
@@ -795,19 +950,22 @@ def run_exported(
     """Detections of an exported model on one image, in the image's own pixels; optionally written to files.
 
     The image goes through the test-time resize recorded at export (if any), the exported graph, then
-    detectron2's ``detector_postprocess`` (boxes scaled back, masks pasted and thresholded).
+    detectron2's ``detector_postprocess`` (boxes scaled back; masks, where the model has them, pasted and
+    thresholded).
 
     Args:
         path (str): a file written by :func:`export_model` (.onnx, .ts, .pt).
         image: an image file (read in the model's format), an (H, W, 3) uint8 BGR array (as cv2 reads it),
             or a (3, H, W) tensor already in the model's format.
         output (str or None): a ``.json`` file to write (:func:`write_detections`), with a ``.png`` beside it.
-        mask_threshold (float): probability above which a pasted mask pixel is on.
+        mask_threshold (float): probability above which a pasted mask pixel is on (unused without masks).
         draw_threshold (float): the least score of a detection drawn in the picture (:func:`write_detections`).
 
     Returns:
-        dict: ``boxes`` (N, 4) float32 XYXY, ``scores`` (N,), ``classes`` (N,) int64, ``mask_probs``
-        (N, M, M) float32 (box frame, before pasting), ``masks`` (N, H, W) bool (pasted), ``image_size`` (H, W).
+        dict: ``boxes`` (N, 4) float32 XYXY, ``scores`` (N,), ``classes`` (N,) int64, ``image_size`` (H, W),
+        ``class_names``; for a model with masks (Mask / Cascade Mask R-CNN) also ``mask_probs`` (N, M, M)
+        float32 (box frame, before pasting) and ``masks`` (N, H, W) bool (pasted). RetinaNet and FCOS
+        give boxes, scores and classes only.
     """
     from detectron2.modeling.postprocessing import detector_postprocess
     from detectron2.structures import Boxes, Instances
@@ -860,7 +1018,8 @@ def _class_name(dets: Dict[str, Any], i: int) -> Optional[str]:
 
 
 def draw_detections(rgb: np.ndarray, dets: Dict[str, Any]) -> np.ndarray:
-    """``rgb`` (H, W, 3) uint8 with the detections drawn: boxes, masks, "<class name> <score>%" labels."""
+    """``rgb`` (H, W, 3) uint8 with the detections drawn: boxes, masks (when ``dets`` has them),
+    "<class name> <score>%" labels."""
     from detectron2.data.catalog import Metadata
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.visualizer import Visualizer
@@ -882,9 +1041,9 @@ def write_detections(dets: Dict[str, Any], output: str, source: str = "",
     """Write :func:`run_exported`'s detections: a JSON file, and pictures beside it.
 
     JSON: ``image_size``, ``model``, and per detection ``box`` (XYXY), ``score``, ``class`` (and
-    ``class_name`` when the export carries the names), and ``mask`` (COCO RLE of the pasted mask,
-    ``{"size": [H, W], "counts": str}``). ``<output stem>.png``: the detections drawn on ``image`` (an RGB
-    array), boxes, masks, class names and scores (detectron2's ``Visualizer``). With masks,
+    ``class_name`` when the export carries the names), and, when ``dets`` has ``masks``, ``mask`` (COCO RLE
+    of the pasted mask, ``{"size": [H, W], "counts": str}``). ``<output stem>.png``: the detections drawn on
+    ``image`` (an RGB array), boxes, masks if any, class names and scores (detectron2's ``Visualizer``). With masks,
     ``<output stem>_ids.png``: the instance-id map, uint16, pixel = 1 + the index of the highest-scoring
     detection covering it, 0 for none (for programs; it looks black in a viewer).
 

@@ -2,7 +2,9 @@
 
 Models are the ``configs/shapes`` Mask R-CNN / Cascade Mask R-CNN (ResNet-18 at half width, 64-channel
 pyramid), random weights, every box kept (``test_score_thresh=0``) so each image has detections to
-compare; inputs are not multiples of 32 (97x131 and 150x203, padded to 128x160 and 160x224).
+compare; and tests/test_detectors.py's tiny RetinaNet and FCOS (``configs/common/models/*_afpn.py``, p3-p7,
+a few-thousand-parameter ResNet). Inputs are not multiples of 32 (97x131 and 150x203, padded to 128x160
+and 160x224). PyTorch's side is :func:`afa_d2.modeling.inference.raw_inference`, what the export traces.
 """
 import importlib.util
 import json
@@ -16,11 +18,25 @@ import torch
 import afa_d2  # noqa: F401  (before detectron2)
 from afa_d2 import export
 from afa_d2.model_zoo import CheckpointMismatchError, get_config
+from afa_d2.modeling.inference import raw_inference
+from test_detectors import _build, afpn_config  # the tiny RetinaNet / FCOS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(97, 131), (150, 203)]
 ATOL = 1e-3
-FIELDS = ("pred_boxes", "scores", "pred_classes", "pred_masks")
+DENSE_OUTPUTS = ["pred_boxes", "pred_classes", "scores", "image_size"]
+# The cap on candidates a level (test_topk_candidates) is chosen so that at 97x131 a level has fewer
+# candidates than it (RetinaNet: p6 162 of 200; FCOS: p4 240 of 300, every box above the 0.001 threshold)
+# and at 150x203 more (p6 324; p4 420): a graph that froze the sample's count would keep too many there.
+DENSE_TOPK = {"retinanet": 200, "fcos": 300}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _config(op, cascade=False, score_thresh=0.0):
@@ -46,21 +62,35 @@ def _model(op, cascade=False, score_thresh=0.0):
     return _MODELS[key]
 
 
+def _dense_model(kind, op, max_detections=100):
+    """tests/test_detectors.py's tiny RetinaNet / FCOS (scores above 0.001), the cap of :data:`DENSE_TOPK`."""
+    key = (kind, op, max_detections)
+    if key not in _MODELS:
+        model = _build(afpn_config(kind, op))
+        model.test_topk_candidates = DENSE_TOPK[kind]
+        model.max_detections_per_image = max_detections
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
 def _image(h, w, seed=1):
     return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
 
 
 def _eager(model, image):
+    """PyTorch's detections, as the export traces them: field name -> tensor (boxes as their (N, 4) tensor)."""
     with torch.no_grad():
-        inst = model.inference([{"image": image}], do_postprocess=False)[0]
-    return {"pred_boxes": inst.pred_boxes.tensor, "scores": inst.scores, "pred_classes": inst.pred_classes,
-            "pred_masks": inst.pred_masks}
+        inst = raw_inference(model, [{"image": image}])[0]
+    return {k: (v.tensor if k == "pred_boxes" else v) for k, v in inst.get_fields().items()}
 
 
 def _assert_equal_outputs(got, ref, atol, what):
+    """Every field of ``ref`` equal in ``got``, detection by detection, after pairing near-tied scores
+    (:func:`afa_d2.export.align_detections`)."""
     n = ref["scores"].shape[0]
     assert n > 0, "{}: no detections to compare".format(what)
-    for k in FIELDS:
+    got = export.align_detections(ref, got, atol)
+    for k in ref:
         g = torch.as_tensor(np.asarray(got[k]))
         assert tuple(g.shape) == tuple(ref[k].shape), "{} {}: shape {} vs PyTorch {}".format(
             what, k, tuple(g.shape), tuple(ref[k].shape))
@@ -100,6 +130,15 @@ def test_tracing_adapter_is_detectron2s_on_this_build():
     assert "detectron2.export.flatten" in sys.modules
 
 
+def test_the_traced_function_is_raw_inference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(export, "raw_inference", lambda m, inputs: calls.append(m) or raw_inference(m, inputs))
+    model = _dense_model("retinanet", "mssa")
+    with torch.no_grad():
+        out = export._inference(model, [{"image": _image(*SIZES[0])}])
+    assert calls == [model] and len(out[0]["instances"]) > 0
+
+
 # ------------------------------------------------------------------------------------ ONNX == PyTorch
 @pytest.mark.parametrize("op", ["sum", "mssa", "msca"])
 @pytest.mark.parametrize("size", SIZES, ids=["97x131", "150x203"])
@@ -131,13 +170,150 @@ def test_cascade_onnx_and_torchscript_equal_pytorch(tmp_path):
     image = _image(*SIZES[1])
     ref = _eager(model, image)
     onnx_info = export.export_model(model, str(tmp_path / "c.onnx"), sample=image, verify=False)
-    assert onnx_info.roi_heads == "CascadeROIHeads"
+    assert onnx_info.roi_heads == onnx_info.head == "CascadeROIHeads"
+    assert onnx_info.meta_architecture == "GeneralizedRCNN" and onnx_info.masks != "none"
     _assert_equal_outputs(export.ExportedModel(onnx_info.path)(image), ref, ATOL, "cascade ONNX")
     ts_info = export.export_model(model, str(tmp_path / "c.ts"), sample=image, verify=False)
     traced = torch.jit.load(ts_info.path)
     with torch.no_grad():
         out = dict(zip(ts_info.output_names, traced(image)))
     _assert_equal_outputs(out, ref, 1e-5, "cascade TorchScript")
+
+
+# ------------------------------------------------------------------------------------ RetinaNet and FCOS
+@pytest.mark.parametrize("kind", ["retinanet", "fcos"])
+@pytest.mark.parametrize("op", ["mssa", "msca"])
+def test_one_stage_detectors_export_and_equal_pytorch(tmp_path, kind, op):
+    """ONNX and TorchScript of RetinaNet / FCOS: boxes, scores, classes (no masks) equal ``raw_inference`` at
+    the export size and at a larger one.
+
+    ONNX keeps detectron2's 100 detections an image: a level's top-k cut falls among candidates whose scores
+    (around the random head's prior) are 1e-7 apart, as close as onnxruntime's rounding, so the cut can take
+    one or the other, but such low scores never reach the top 100. TorchScript equals PyTorch bit for bit, so
+    it keeps 1000 detections, where the cut itself shows: at 150x203 the cap takes detections away."""
+    sample = _image(*SIZES[0])
+    model = _dense_model(kind, op)
+    info = export.export_model(model, str(tmp_path / "m.onnx"), sample=sample)  # verify: checked on the sample
+    assert set(info.max_abs_diff) == set(DENSE_OUTPUTS), info.max_abs_diff
+    assert info.output_names == DENSE_OUTPUTS and info.masks == "none"
+    arch = {"retinanet": "RetinaNet", "fcos": "FCOS"}[kind]
+    assert (info.meta_architecture, info.head, info.roi_heads) == (arch, arch + "Head", None)
+    assert info.operators == {"p3": op, "p4": op, "p5": op}
+    # p3-p5 with pooling strides (8, 16), (4, 8), (2, 4): each map at least its largest stride from 128 up
+    assert info.min_padded_size == [128, 128] and info.max_padded_size is None
+    exported = export.ExportedModel(info.path)
+    for size in SIZES:
+        image = _image(*size, seed=3)
+        ref = _eager(model, image)
+        assert set(ref) == {"pred_boxes", "scores", "pred_classes"} and len(ref["scores"]) == 100
+        _assert_equal_outputs(exported(image), ref, ATOL, "ONNX {} {} {}x{}".format(kind, op, *size))
+
+    model = _dense_model(kind, op, max_detections=1000)
+    info = export.export_model(model, str(tmp_path / "m.ts"), sample=sample, verify=False)
+    assert info.output_names == DENSE_OUTPUTS and info.min_padded_size == [128, 128]
+    exported = export.ExportedModel(info.path)
+    for size in SIZES:
+        image = _image(*size, seed=3)
+        ref = _eager(model, image)
+        _assert_equal_outputs(exported(image), ref, 1e-5, "TorchScript {} {} {}x{}".format(kind, op, *size))
+    uncapped = _build(afpn_config(kind, op))
+    uncapped.max_detections_per_image = model.max_detections_per_image
+    uncapped.test_topk_candidates = 10 ** 6
+    assert len(_eager(uncapped, image)["scores"]) > len(ref["scores"]), "the cap takes nothing away at 150x203"
+
+
+def test_one_stage_topk_cap_needs_the_traced_clamp_on_detectron2_v0_6(tmp_path, monkeypatch):
+    """Without :func:`afa_d2.export._traceable_min`, detectron2 v0.6's graph keeps the sample's uncapped count
+    on a level the sample left under the cap (too many detections on a larger input); later detectron2
+    clamps the traced count itself and needs nothing."""
+    import inspect
+
+    from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+
+    v0_6 = "min(topk_candidates" in inspect.getsource(DenseDetector._decode_per_level_predictions)
+    monkeypatch.setattr(export, "_traceable_min", min)
+    model = _dense_model("retinanet", "mssa", max_detections=1000)
+    info = export.export_model(model, str(tmp_path / "r.ts"), sample=_image(*SIZES[0]), verify=False)
+    image = _image(*SIZES[1], seed=3)
+    got, want = len(export.ExportedModel(info.path)(image)["scores"]), len(_eager(model, image)["scores"])
+    assert (got > want) if v0_6 else (got == want), (got, want)
+
+
+def test_size_limits_of_a_p3_pyramid():
+    model = _dense_model("retinanet", "msca")
+    assert model.backbone.levels == ("p3", "p4", "p5")
+    assert [model.backbone.get_submodule("fpn_aggregation{}".format(i)).attn.pool_strides for i in (3, 4, 5)] == [
+        (8, 16), (4, 8), (2, 4)]
+    assert export.graph_size_limits(model, (256, 128), 32) == ([128, 128], None)
+    assert export.graph_size_limits(model, (128, 96), 32) == ([128, 96], [128, 96])  # p3 12 wide < 16
+    agg = model.backbone.fpn_aggregation5.attn
+    agg.pool_strides = (8, 16)  # p5's kernels at most 16: 16 x 32 = 512
+    try:
+        assert export.graph_size_limits(model, (512, 640), 32) == ([512, 512], None)
+    finally:
+        agg.pool_strides = (2, 4)
+
+
+def test_run_exported_without_masks(tmp_path, capsys):
+    """An image file through an exported RetinaNet: the detections of the PyTorch model's own forward
+    (``detector_postprocess`` included), JSON without masks, a drawing, no instance-id map."""
+    import cv2
+
+    model = _dense_model("retinanet", "msca", max_detections=25)
+    info = export.export_model(model, str(tmp_path / "r.onnx"), sample=_image(*SIZES[0]), class_names=["a", "b", "c"])
+    bgr = (np.random.default_rng(5).random((100, 140, 3)) * 255).astype(np.uint8)
+    image_file = str(tmp_path / "im.png")
+    assert cv2.imwrite(image_file, bgr)
+    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"), draw_threshold=0.0)
+    with torch.no_grad():
+        ref = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).astype(np.float32))}])[0]["instances"]
+    ref = {"pred_boxes": ref.pred_boxes.tensor, "scores": ref.scores, "pred_classes": ref.pred_classes}
+    got = {"pred_boxes": dets["boxes"], "scores": dets["scores"], "pred_classes": dets["classes"]}
+    _assert_equal_outputs(got, ref, ATOL, "run_exported")
+    assert len(dets["scores"]) == 25 and "masks" not in dets and "mask_probs" not in dets
+    with open(tmp_path / "dets.json") as f:
+        record = json.load(f)
+    assert record["image_size"] == [100, 140] and len(record["detections"]) == 25
+    assert all(set(d) == {"box", "score", "class", "class_name"} for d in record["detections"]), record["detections"][0]
+    assert not (tmp_path / "dets_ids.png").exists()
+    drawn = cv2.imread(str(tmp_path / "dets.png"), cv2.IMREAD_COLOR)
+    assert drawn.shape == (100, 140, 3) and np.abs(drawn.astype(int) - bgr.astype(int)).mean() > 1, "nothing drawn"
+
+    code = _tool("run_exported").main([info.path, image_file, "--output", str(tmp_path / "t.json")])
+    printed = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "t.png").is_file() and not (tmp_path / "t_ids.png").exists()
+    assert "25 detections" in printed and "_ids.png" not in printed, printed
+
+
+def test_models_the_export_does_not_take_are_refused_in_one_line(tmp_path):
+    cases = [
+        (_build(afpn_config("panoptic_fpn", "msca")), "does not export a PanopticFPN"),
+        (_build(afpn_config("keypoint_rcnn", "msca")), "does not export keypoints"),
+        (torch.nn.Conv2d(3, 3, 1), "needs a detectron2 GeneralizedRCNN (Mask / Cascade Mask R-CNN), RetinaNet or FCOS, "
+                                   "got Conv2d"),
+    ]
+    for model, words in cases:
+        for name in ("m.onnx", "m.ts"):
+            with pytest.raises(export.ExportError) as e:
+                export.export_model(model, str(tmp_path / name), height=97, width=131)
+            assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+            assert not (tmp_path / name).exists()
+
+
+def test_align_detections_pairs_near_tied_scores_only():
+    ref = {"scores": torch.tensor([0.9, 0.5, 0.5 - 1e-7, 0.2]), "pred_classes": torch.tensor([0, 1, 2, 1]),
+           "pred_boxes": torch.tensor([[0.0, 0, 1, 1], [1, 1, 2, 2], [2, 2, 3, 3], [3, 3, 4, 4]]),
+           "image_size": torch.tensor([10, 10])}
+    swapped = [0, 2, 1, 3]  # the tied pair in the other order
+    got = {k: (v.numpy()[swapped] if k != "image_size" else v.numpy()) for k, v in ref.items()}
+    aligned = export.align_detections(ref, got, 1e-3)
+    for k in ref:
+        assert np.array_equal(aligned[k], ref[k].numpy()), k
+    got["scores"] = ref["scores"].numpy()[[1, 0, 2, 3]]  # scores 0.5 and 0.9 are not tied: left as they are
+    got["pred_boxes"] = ref["pred_boxes"].numpy()[[1, 0, 2, 3]]
+    got["pred_classes"] = ref["pred_classes"].numpy()[[1, 0, 2, 3]]
+    assert export.align_detections(ref, got, 1e-3) is got
+    assert export.align_detections(ref, {"scores": got["scores"][:3]}, 1e-3)["scores"].shape == (3,)
 
 
 # ------------------------------------------------------------------------------------ TorchScript

@@ -1,15 +1,22 @@
 #!/usr/bin/env python
 """Export an afa_d2 detector to ONNX or TorchScript (detectron2's tools/deploy/export_model.py, tracing).
 
+Mask R-CNN, Cascade Mask R-CNN, RetinaNet and FCOS, with any aggregation operator; Panoptic FPN and keypoint
+heads are refused in one line.
+
     # ONNX (opset 17) of a trained checkpoint, traced on a sample image resized as at test time
     python tools/export_model.py --config shapes/mask_rcnn_R_18_msca.py --weights out/model_final.pth \\
         --format onnx --output out/export/ --sample-image image.jpg
     # TorchScript for 480x640 images, with a config override
     python tools/export_model.py --config configs/COCO/cascade_mask_rcnn_R_50_msca_1x.py --weights model.pth \\
         --output out/model.ts --height 480 --width 640 model.roi_heads.box_predictors.2.test_score_thresh=0.3
+    # a one-stage detector: boxes, scores and classes, no masks
+    python tools/export_model.py --config shapes/retinanet_R_18_msca.py --weights out/model_final.pth \\
+        --output out/retinanet.onnx --height 480 --width 640
 
-One exported file serves the images that the model pads to the same size as the sample (see
-``afa_d2.export``); run it with ``python tools/run_exported.py``.
+One exported file serves every input the model pads to at least the smallest size it records (a sample
+padded below it, adaptive pooling or a square pad: the sample's padded size only; see ``afa_d2.export``);
+run it with ``python tools/run_exported.py``.
 """
 import argparse
 import os
@@ -22,8 +29,9 @@ from afa_d2 import export
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python tools/export_model.py",
-        description="Export an afa_d2 Mask R-CNN / Cascade Mask R-CNN (any operator) to ONNX or TorchScript by "
-        "tracing (detectron2's TracingAdapter); the file is run on the sample and compared with PyTorch.")
+        description="Export an afa_d2 Mask R-CNN / Cascade Mask R-CNN / RetinaNet / FCOS (any operator) to ONNX or "
+        "TorchScript by tracing (detectron2's TracingAdapter); the file is run on the sample and compared with "
+        "PyTorch.")
     p.add_argument("--config", required=True, metavar="NAME_OR_FILE",
                    help="a zoo config name (shapes/mask_rcnn_R_18_msca.py) or a LazyConfig file")
     p.add_argument("--weights", default=None,
@@ -67,8 +75,8 @@ def main(argv=None) -> int:
         return 2
     mb = os.path.getsize(info.path) / 2 ** 20
     what = "ONNX opset {}".format(info.opset) if info.format == "onnx" else "TorchScript (traced)"
-    print("Wrote {} ({}, {:.1f} MiB, {} {}, operators {}) in {:.1f} s".format(
-        info.path, what, mb, info.meta_architecture, info.roi_heads, info.operators, info.seconds))
+    print("Wrote {} ({}, {:.1f} MiB, {} with {}, operators {}) in {:.1f} s".format(
+        info.path, what, mb, info.meta_architecture, info.head, info.operators, info.seconds))
     resize = info.resize
     print("Input '{}': (3, H, W) float 0-255 {} with {}{}".format(
         info.input_name, info.input_format, export.describe_sizes(info.metadata()),

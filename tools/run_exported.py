@@ -5,9 +5,10 @@
     python tools/run_exported.py out/model.ts image.jpg --output out/image.json
 
 The JSON holds each detection's box (XYXY, the image's pixels), score, class (and its name, which the
-exported file carries) and mask (COCO RLE); the PNG beside it is the image with the detections drawn
-(class names and scores), and ``<stem>_ids.png`` the instance-id map (uint16: 1 + the detection's
-index, 0 for background; for programs).
+exported file carries) and, for a model with masks (Mask / Cascade Mask R-CNN), its mask (COCO RLE); the
+PNG beside it is the image with the detections drawn (class names and scores), and, with masks,
+``<stem>_ids.png`` the instance-id map (uint16: 1 + the detection's index, 0 for background; for
+programs). RetinaNet and FCOS give boxes, scores and classes only.
 See ``afa_d2.export.run_exported``.
 """
 import argparse
@@ -21,11 +22,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python tools/run_exported.py",
         description="Detections of an exported afa_d2 model (.onnx via onnxruntime, .ts/.pt via TorchScript) on "
-        "one image, as a JSON file, a picture of the detections and an instance-id map.")
+        "one image, as a JSON file, a picture of the detections and, for a model with masks, an instance-id map.")
     p.add_argument("model", help="a file written by tools/export_model.py")
     p.add_argument("image", help="an image file")
     p.add_argument("--output", required=True, help="the .json file to write (the .png goes beside it)")
-    p.add_argument("--mask-threshold", type=float, default=0.5)
+    p.add_argument("--mask-threshold", type=float, default=0.5,
+                   help="probability above which a pasted mask pixel is on (models with masks)")
     p.add_argument("--draw-threshold", type=float, default=0.5,
                    help="the least score drawn in the picture (the JSON keeps every detection)")
     p.add_argument("--device", default="cpu")
