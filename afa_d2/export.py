@@ -377,9 +377,10 @@ def graph_size_limits(model: nn.Module, padded: Tuple[int, int], divisibility: i
         attn = getattr(getattr(backbone, "fpn_aggregation{}".format(level[1:]), None), "attn", None)
         if attn is None:
             continue
-        if attn.pooling == "adaptive":
+        side = attn.unclamped_size  # the smallest map whose pooling kernels are the strides; None: adaptive
+        if side is None:
             return exact, exact
-        need = max(need, max(attn.pool_strides) * 2 ** int(level[1:]))
+        need = max(need, side * 2 ** int(level[1:]))
     need = padded_size(need, need, divisibility)[0]
     if exact[0] < need or exact[1] < need:  # the sample's maps clamped a pooling kernel
         return exact, exact
