@@ -13,7 +13,7 @@ CPU-sized, trained from scratch, so it departs from the paper's recipe on purpos
 - total batch 2, AdamW at lr 1e-3 (the paper's 1e-4 is too slow from scratch in a CPU
   budget), the paper's other optimizer settings; 4 epochs with the lr decays at 0.85 and 0.95
   of training (the paper's 8/12 and 11/12 end the high lr too early for a model trained from
-  scratch for about a thousand steps; see configs/README.md).
+  scratch for about a thousand steps; see docs/shapes_recipe.md).
 
 Iterations: shapes_train has 2000 images; 4 ep = 4 * ceil(2000 / 2) = 4000 iters at batch 2,
 lr x 0.1 at iterations 3400 and 3800 (about 1 hour on 2 CPU cores; the demo sizes a shorter
