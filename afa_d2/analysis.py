@@ -179,7 +179,8 @@ def neck_flops_by_level(analysis, model: nn.Module) -> "OrderedDict[str, Dict[st
     """FLOPs of the pyramid per level, from a FlopCountAnalysis of ``model``.
 
     Returns:
-        level ("p2".."p6") -> {"lateral", "aggregation", "attention", "output", "total"} (ints; the
+        level ("p2".."p6", or "p3".."p5" and "p6-p7") -> {"lateral", "aggregation", "attention", "output",
+        "total"} (ints; the top block's convolutions count as its "output"; the
         attention FLOPs are part of the aggregation's), plus "neck" -> the same keys summed with
         "total" the whole neck (bottom-up excluded) and "other" (neck FLOPs outside every level's
         modules; 0 for AttentionFPN). Empty when ``model`` has no pyramid.
@@ -223,7 +224,8 @@ def _g(n: float) -> str:
 
 
 def _top_block_label(neck: nn.Module) -> str:
-    """What the top block computes: "max-pool" (LastLevelMaxPool), "3x3 convs from res5" (LastLevelP6P7), ..."""
+    """What the top block computes: "max-pool" (LastLevelMaxPool), "convs from res5" or "convs from p5"
+    (LastLevelP6P7 of RetinaNet or FCOS: the feature it reads)."""
     top = getattr(neck, "top_block", None)
     if top is None:
         return ""
@@ -311,7 +313,7 @@ def analyze_model(model: nn.Module, tasks: Sequence[str] = TASKS, image_size: Tu
     """Run the analysis ``tasks`` on ``model`` (eval mode) with one random image.
 
     Args:
-        model: a detectron2 meta-architecture (``GeneralizedRCNN``).
+        model: a detectron2 meta-architecture (``GeneralizedRCNN``, ``PanopticFPN``, ``RetinaNet``, ``FCOS``).
         tasks (list[str]): a subset of :data:`TASKS`.
         image_size: (H, W) of the random input image (the model pads it to its size divisibility).
         max_depth (int): module depth of the per-module tables.

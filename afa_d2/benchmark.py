@@ -7,9 +7,10 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
   for ``aten::scaled_dot_product_attention`` (fvcore has none and would skip attention): it
   counts the two matmuls, ``Q K^T`` and ``softmax(.) V``;
 * inference latency of the neck alone (on precomputed bottom-up features) and of the whole
-  detector (detectron2's LazyConfig ``common/models/mask_rcnn_fpn.py`` or ``cascade_rcnn.py``
-  with the FPN replaced by :class:`~afa_d2.modeling.AttentionFPN`), batch 1; each also as a
-  ratio to "sum", and the neck's achieved GFLOP/s;
+  detector (``--model``: detectron2's LazyConfig ``common/models/mask_rcnn_fpn.py``,
+  ``cascade_rcnn.py``, ``retinanet.py`` or ``fcos.py`` with the FPN replaced by
+  :class:`~afa_d2.modeling.AttentionFPN`, as ``configs/common/models/*_afpn.py`` do), batch 1; each
+  also as a ratio to "sum", and the neck's achieved GFLOP/s;
 * with ``--train``: the training step's time and peak memory, each variant in fresh subprocesses
   so the peaks do not mix (CUDA: ``max_memory_allocated``; CPU: the weights plus the peak rise of
   RSS during the steps, with glibc made to unmap freed blocks so that RSS follows the live
@@ -24,9 +25,10 @@ For each operator (sum, concat, mssa, msca by default), on the same input, in on
 On the CPU the inference table also times a 256 -> 256 3x3 convolution of the p3-sized map among
 the necks, and gives each neck's GFLOP/s as a share of that rate ("of 3x3 conv"). Other modes:
 ``--kernels`` (:func:`measure_kernels`: the kernels behind the neck figures, each product every way
-afa_d2 computes it), ``--profile N`` (:func:`profile_inference`: where one inference spends its
-time, op by op, with the library behind each) and ``--vs-stock`` (stock detectron2 eager against
-afa_d2's CPU settings, two worker processes side by side).
+afa_d2 computes it, on the R-CNNs' shapes: p2 and the RoI heads; refused for RetinaNet and FCOS),
+``--profile N`` (:func:`profile_inference`: where one inference spends its time, op by op, with the
+library behind each) and ``--vs-stock`` (stock detectron2 eager against afa_d2's CPU settings, two
+worker processes side by side); every mode but ``--kernels`` takes any ``--model``.
 
 Timing is interleaved: every timed repetition runs each variant once, in an order rotated from
 one repetition to the next, so a load change on a shared machine hits every variant alike; the
@@ -35,13 +37,21 @@ median is reported, and the spread ((max - min) / median over the repetitions) b
 The weights are random (nothing is downloaded): the bottom-up uses ``--norm`` (GN by default;
 FrozenBN or BN in eval mode at random init blow the activations up to ~1e4 and leave a handful
 of proposals), every variant shares the weights of the parts it has in common with "sum" (the
-bottom-up, lateral/output convs, heads), and the box predictors' score threshold is 0, so the
-heads do (nearly) the same work for every operator. The whole-model cost still depends on how
-many proposals survive NMS and how many detections reach the mask head: both are reported.
+bottom-up, lateral/output convs, heads), and the test score threshold is 0, so the heads do
+(nearly) the same work for every operator. The whole-model cost still depends on how many boxes
+enter and leave NMS: both are reported. R-CNNs: the RPN's proposals (``--proposals`` after its NMS)
+and the detections that reach the mask head (``--detections-per-image``). RetinaNet and FCOS have
+neither proposals nor RoI heads: their counterparts are the candidates entering the final NMS
+(``--proposals`` is their ``test_topk_candidates``, the top candidates kept per level; with the
+threshold at 0 every level fills it) and the detections kept after it (``max_detections_per_image``).
+Only the candidates need to match there: nothing runs on a one-stage detector's detections but their
+resize to the input's size, and with random weights its NMS may keep few of them (FCOS: tens), a
+different number for each operator.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -50,7 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import afa_d2  # noqa: F401  (compat patches before detectron2)
 import torch
@@ -61,7 +71,11 @@ from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator, use_
 from afa_d2.modeling.inference import TraceableInference
 
 OPS = tuple(AGGREGATION_OPS)  # the registry's order: the baseline (sum) first
-MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py"}
+#: --model -> detectron2's LazyConfig whose FPN becomes AttentionFPN
+MODELS = {"mask_rcnn": "common/models/mask_rcnn_fpn.py", "cascade_mask_rcnn": "common/models/cascade_rcnn.py",
+          "retinanet": "common/models/retinanet.py", "fcos": "common/models/fcos.py"}
+#: the one-stage (dense) detectors: no proposals, no RoI heads; p3..p7
+ONE_STAGE = ("retinanet", "fcos")
 ATTENTION_OPS = tuple(op for op, cls in AGGREGATION_OPS.items() if cls.uses_attention)
 BASE = baseline_operator()
 REF_SUFFIX = ":ref"
@@ -148,7 +162,10 @@ def build_model(
     proposals: int = 1000,
     shared_state: Optional[Dict[str, torch.Tensor]] = None,
 ) -> nn.Module:
-    """detectron2's LazyConfig detector with AttentionFPN(aggregation=op) as its backbone.
+    """detectron2's LazyConfig detector ``MODELS[model]`` with AttentionFPN(aggregation=op) as its
+    backbone (the pyramid, bottom-up levels and top block of detectron2's FPN there: p2..p6 from
+    res2..res5 for the R-CNNs, p3..p7 from res3..res5 for RetinaNet and FCOS), the test-time budget of
+    :func:`_set_inference_budget`.
 
     ``shared_state`` (e.g. the "sum" model's state_dict) is loaded non-strictly, so the
     variants differ only in their operators' own weights.
@@ -159,30 +176,76 @@ def build_model(
 
     from afa_d2.modeling import AttentionFPN
 
+    if model not in MODELS:
+        raise ValueError("unknown model {!r}; valid: {}".format(model, ", ".join(MODELS)))
     cfg = model_zoo.get_config(MODELS[model]).model
     fpn = cfg.backbone
     fpn.bottom_up.stem.norm = norm
     fpn.bottom_up.stages.norm = norm
     cfg.backbone = L(AttentionFPN)(
         bottom_up=fpn.bottom_up,
-        in_features=["res2", "res3", "res4", "res5"],
+        in_features="${.bottom_up.out_features}",  # res2..res5 (R-CNNs) or res3..res5 (RetinaNet, FCOS)
         out_channels=fpn.out_channels,
         aggregation=op,
-        top_block=fpn.top_block,
+        top_block=fpn.top_block,  # LastLevelMaxPool (p6), or LastLevelP6P7 from res5 (RetinaNet) / p5 (FCOS)
     )
-    if "box_predictors" in cfg.roi_heads:
-        for p in cfg.roi_heads.box_predictors:
-            p.test_score_thresh = 0.0
-            p.test_topk_per_image = detections_per_image
-    else:
-        cfg.roi_heads.box_predictor.test_score_thresh = 0.0
-        cfg.roi_heads.box_predictor.test_topk_per_image = detections_per_image
-    cfg.proposal_generator.post_nms_topk = (cfg.proposal_generator.post_nms_topk[0], proposals)
+    _set_inference_budget(cfg, detections_per_image, proposals)
     torch.manual_seed(seed)
     detector = instantiate(cfg)
     if shared_state is not None:
         detector.load_state_dict(shared_state, strict=False)
     return detector
+
+
+def _set_inference_budget(cfg, detections_per_image: int, proposals: int) -> None:
+    """Test-time settings of a detector's LazyConfig (``cfg``: its ``model``) that keep the heads' work
+    the same for every operator on random weights: the score threshold at 0, so that the boxes entering
+    NMS are the top-k, not those random scores let through.
+
+    R-CNNs: the box predictors' ``test_score_thresh`` 0 and ``test_topk_per_image`` =
+    ``detections_per_image``, the RPN's test ``post_nms_topk`` = ``proposals``. RetinaNet and FCOS (no
+    proposals, no RoI heads): ``test_score_thresh`` 0, ``test_topk_candidates`` = ``proposals`` (per
+    level, before the final NMS), ``max_detections_per_image`` = ``detections_per_image``.
+    """
+    if "roi_heads" not in cfg:  # RetinaNet, FCOS (DenseDetector)
+        cfg.test_score_thresh = 0.0
+        cfg.test_topk_candidates = proposals
+        cfg.max_detections_per_image = detections_per_image
+        return
+    for p in cfg.roi_heads.get("box_predictors") or [cfg.roi_heads.box_predictor]:
+        p.test_score_thresh = 0.0
+        p.test_topk_per_image = detections_per_image
+    cfg.proposal_generator.post_nms_topk = (cfg.proposal_generator.post_nms_topk[0], proposals)
+
+
+@contextlib.contextmanager
+def _counting_nms_boxes(model: nn.Module, counts: Dict[str, int]) -> Iterator[None]:
+    """Within the block, ``model``'s forward records in ``counts`` how many boxes entered its last NMS:
+    "proposals" (an R-CNN's RPN output, the RoI heads' input) or "candidates" (RetinaNet's / FCOS's
+    top-k of every level, into the final NMS)."""
+    generator = getattr(model, "proposal_generator", None)
+    if generator is not None:
+        hook = generator.register_forward_hook(lambda m, i, o: counts.__setitem__("proposals", len(o[0][0])))
+        try:
+            yield
+        finally:
+            hook.remove()
+        return
+    decode = getattr(model, "_decode_multi_level_predictions", None)  # DenseDetector: every level's top-k
+    if decode is None:
+        yield
+        return
+
+    def counted(*args, **kwargs):
+        candidates = decode(*args, **kwargs)
+        counts["candidates"] = len(candidates)
+        return candidates
+
+    model._decode_multi_level_predictions = counted  # shadows the method on this instance only
+    try:
+        yield
+    finally:
+        del model._decode_multi_level_predictions
 
 
 def _params(module: nn.Module) -> int:
@@ -275,20 +338,39 @@ def _reference_conv(padded_size, device: torch.device):
     return _conv3x3(-(-int(padded_size[0]) // 8), -(-int(padded_size[1]) // 8), device)
 
 
-def _p2_attention(padded_hw, seed: int = 0):
-    """MS-Att's largest attention on random inputs: p2 (stride 4) of an input padded to ``padded_hw``, 256
-    channels, 4 heads, the multi-scale pooled keys of pool stride 16 (the R-50 configs' p2).
+def _p2_attention(padded_hw, seed: int = 0, *, stride: int = 4, pooling: str = "multi_scale",
+                  pool_strides: Sequence[int] = (16, 32), adaptive_pool_size: int = 7, channels: int = 256,
+                  heads: int = 4):
+    """MS-Att's largest attention on random inputs: by default p2 (stride 4) of an input padded to
+    ``padded_hw``, 256 channels, 4 heads, the multi-scale pooled keys of pool stride 16 (the R-50 R-CNN
+    configs' p2); another level through the keywords (:func:`_finest_attention`).
 
-    Returns (q tokens (1, H*W, 256), k, v (1, 4, M, 64), (H, W), multiply-adds of QK^T and PV)."""
+    Returns (q tokens (1, H*W, C), k, v (1, heads, M, C/heads), (H, W), multiply-adds of QK^T and PV)."""
     from afa_d2.modeling.ms_attention import _pool_output_sizes
 
-    h, w = (-(-int(size) // 4) for size in padded_hw)
-    c, heads = 256, 4
-    m = sum(a * b for a, b in _pool_output_sizes(h, w, "multi_scale", (16, 32), 7))
+    h, w = (-(-int(size) // stride) for size in padded_hw)
+    c = channels
+    m = sum(a * b for a, b in _pool_output_sizes(h, w, pooling, tuple(pool_strides), adaptive_pool_size))
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(1, h * w, c, generator=g)
     k, v = (torch.randn(1, heads, m, c // heads, generator=g) for _ in range(2))
     return tokens, k, v, (h, w), 2 * h * w * m * c
+
+
+def _finest_attention(neck: nn.Module) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The pyramid level of ``neck`` (an AttentionFPN) with the largest attention, the finest level whose
+    operator has an MS-Att: (its name, the keywords of :func:`_p2_attention` for it); None without one.
+    p2 with pool strides (16, 32) in the R-50 R-CNNs, p3 with (8, 16) in RetinaNet and FCOS."""
+    from afa_d2.modeling.ms_attention import MSAttention
+
+    for level in getattr(neck, "levels", ()):
+        agg = getattr(neck, "fpn_aggregation{}".format(level[1:]), None)
+        attn = next((m for m in agg.modules() if isinstance(m, MSAttention)), None) if agg is not None else None
+        if attn is not None:
+            return level, {"stride": neck.output_shape()[level].stride, "pooling": attn.pooling,
+                           "pool_strides": attn.pool_strides, "adaptive_pool_size": attn.adaptive_pool_size,
+                           "channels": attn.dim, "heads": attn.num_heads}
+    return None
 
 
 #: Names of the attention kernels timed among the necks for the floor (removed from the results).
@@ -359,25 +441,20 @@ def measure_inference(
 
             def run_model(model=model, reference=reference, c=counts[name], precision=precision):
                 use_reference_path(model, reference)
-                hook = model.proposal_generator.register_forward_hook(
-                    lambda m, i, o: c.__setitem__("proposals", len(o[0][0]))
-                )
-                try:
-                    with precision_scope(precision, device):
-                        c["detections"] = len(model(inputs)[0]["instances"])
-                finally:
-                    hook.remove()
+                with _counting_nms_boxes(model, c), precision_scope(precision, device):
+                    c["detections"] = len(model(inputs)[0]["instances"])
 
             neck_fns[name] = run_neck
             model_fns[name] = run_model
         reference_conv, reference_macs = _reference_conv(images.tensor.shape[-2:], device)
         neck_fns[REFERENCE_CONV] = reference_conv  # timed among the necks, under the same conditions
         floor_fns: Dict[str, Any] = {}
-        if device.type == "cpu" and BASE in results and any(r["neck_sdpa_flops"] for r in results.values()):
+        finest = next(filter(None, (_finest_attention(m.backbone) for m in models.values())), None)
+        if device.type == "cpu" and BASE in results and finest and any(r["neck_sdpa_flops"] for r in results.values()):
             from afa_d2.modeling.kernels import attention_ways
 
-            q, k, v, p2_hw, attention_macs = _p2_attention(images.tensor.shape[-2:], args.seed)
-            floor_fns = {_FLOOR_ATTENTION.format(way): fn for way, fn in attention_ways(q, k, v, p2_hw).items()}
+            q, k, v, level_hw, attention_macs = _p2_attention(images.tensor.shape[-2:], args.seed, **finest[1])
+            floor_fns = {_FLOOR_ATTENTION.format(way): fn for way, fn in attention_ways(q, k, v, level_hw).items()}
             neck_fns.update(floor_fns)
         neck_times = time_interleaved(neck_fns, args.iters, args.warmup, device)
         conv_rate = reference_macs / 1e9 / statistics.median(neck_times.pop(REFERENCE_CONV))
@@ -395,6 +472,9 @@ def measure_inference(
         res["neck_of_reference_conv"] = res["neck_gflops_per_s"] / conv_rate
     if attention_rate:
         add_floor(results, conv_rate, attention_rate)
+        for res in results.values():
+            if "attention_gmacs_per_s" in res:
+                res["attention_rate_level"] = finest[0]
     for model in models.values():
         use_reference_path(model, False)
     return results
@@ -804,18 +884,15 @@ _REPLY = "@@afa_d2_benchmark "
 
 
 def _stock_fpn_model(args: argparse.Namespace, shared_state: Dict[str, torch.Tensor]) -> nn.Module:
-    """detectron2's own Mask R-CNN / Cascade with its ``FPN``: the "sum" weights load exactly."""
+    """detectron2's own detector of ``--model`` (Mask R-CNN, Cascade, RetinaNet, FCOS) with its ``FPN``, the
+    test-time budget of :func:`build_model`: the "sum" weights load exactly."""
     from detectron2 import model_zoo
     from detectron2.config import instantiate
 
     cfg = model_zoo.get_config(MODELS[args.model]).model
     cfg.backbone.bottom_up.stem.norm = args.norm
     cfg.backbone.bottom_up.stages.norm = args.norm
-    predictors = cfg.roi_heads.get("box_predictors") or [cfg.roi_heads.box_predictor]
-    for p in predictors:
-        p.test_score_thresh = 0.0
-        p.test_topk_per_image = args.detections_per_image
-    cfg.proposal_generator.post_nms_topk = (cfg.proposal_generator.post_nms_topk[0], args.proposals)
+    _set_inference_budget(cfg, args.detections_per_image, args.proposals)
     model = instantiate(cfg)
     incompatible = model.load_state_dict(shared_state, strict=False)
     assert not incompatible.missing_keys, incompatible.missing_keys  # every FPN weight is a "sum" weight
@@ -938,7 +1015,8 @@ def _ratio(value: Optional[float], ref: Optional[float]) -> Optional[float]:
 def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: float, attention_rate: float) -> None:
     """The least each attention variant's whole model can take on this host, as a ratio to "sum"'s measured
     time: sum's time plus the neck's extra multiply-adds at the best rates timed here, attention's at
-    ``attention_rate`` (the faster of SDPA and the grouped 1x1 convolutions on p2, GMAC/s) and the rest
+    ``attention_rate`` (the faster of SDPA and the grouped 1x1 convolutions on the finest attention level,
+    p2 of the R-CNNs, p3 of RetinaNet and FCOS: :func:`_finest_attention`; GMAC/s) and the rest
     (token linears, pooled K/V, depth-wise conv) at ``conv_rate`` (the 3x3 convolution's); work without
     multiply-adds (LayerNorm, GELU, resizes, adds) counted as free. What goal 1 of issue #12 can reach here.
     """
@@ -984,7 +1062,9 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         return "{:.2f}".format(r["neck_sdpa_flops"] / 1e9) if "neck_sdpa_flops" in r else "-"
 
     def props(r: Dict[str, Any]) -> str:
-        return "{}/{}".format(r.get("proposals", "-"), r.get("detections", "-"))
+        return "{}/{}".format(r.get("proposals", r.get("candidates", "-")), r.get("detections", "-"))
+
+    one_stage = any("candidates" in r for r in results.values())  # RetinaNet, FCOS: candidates into NMS
 
     # (title, cell, the result key the column needs: shown when any result has it)
     cols = [
@@ -998,7 +1078,7 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         ("neck GFLOP/s", num("neck_gflops_per_s", 1, 1), "neck_gflops_per_s"),
         ("of 3x3 conv", lambda r: "{:.2f}".format(r["neck_of_reference_conv"]), "neck_of_reference_conv"),
         ("model ms", num("model_latency_s", 1e-3, 1), "model_latency_s"),
-        ("props/dets", props, "model_latency_s"),
+        ("cands/dets" if one_stage else "props/dets", props, "model_latency_s"),
         ("floor", lambda r: "x{:.2f}".format(r["model_floor_ratio"]) if "model_floor_ratio" in r else "-",
          "model_floor_ratio"),
         ("train step ms", num("train_step_s", 1e-3, 1), "train_step_s"),
@@ -1030,11 +1110,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train-rounds", type=int, default=1,
                    help="with --train: rounds of one worker per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--model", choices=list(MODELS), default="mask_rcnn")
+    p.add_argument("--model", choices=list(MODELS), default="mask_rcnn",
+                   help="the detector around the neck, detectron2's config of it (R-CNNs: p2..p6; RetinaNet, "
+                   "FCOS: p3..p7)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--norm", default="GN", help="bottom-up norm (random weights: not FrozenBN/BN)")
-    p.add_argument("--detections-per-image", type=int, default=100)
-    p.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept at test time")
+    p.add_argument("--detections-per-image", type=int, default=100,
+                   help="detections kept per image (R-CNNs: test_topk_per_image; RetinaNet, FCOS: "
+                   "max_detections_per_image); the score threshold is 0")
+    p.add_argument("--proposals", type=int, default=1000,
+                   help="R-CNNs: RPN proposals kept at test time (post_nms_topk); RetinaNet, FCOS: candidates "
+                   "kept per level before the final NMS (test_topk_candidates)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-mlp", action="store_true",
                    help="with --train: also \"<op>:ckpt\", mssa/msca with checkpoint_mlp=True (the DW-MLP "
@@ -1058,8 +1144,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="instead of timing: profile one whole-model inference of each --ops variant (CPU) and "
                    "print its N most expensive ops by self time, with the library behind each")
     p.add_argument("--kernels", action="store_true",
-                   help="time the kernels behind the neck figures on MS-Att's p2 level (3x3 conv, token linear "
-                        "as BLAS GEMM and as 1x1 conv, attention three ways, softmax), side by side; CPU")
+                   help="time the kernels behind the neck figures on MS-Att's p2 level of the R-CNNs (3x3 conv, "
+                        "token linear as BLAS GEMM and as 1x1 conv, attention three ways, softmax), side by side; CPU")
     p.add_argument("--vs-stock", action="store_true",
                    help="whole-model inference of --ops with afa_d2's CPU settings (allocator, measured kernels) "
                    "and as stock detectron2 eager (glibc's allocator, plain kernels, detectron2's FPN for sum), "
@@ -1081,6 +1167,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--profile measures the CPU path, got --device {}".format(args.device))
     if args.kernels and args.device != "cpu":
         p.error("--kernels measures the CPU kernels, got --device {}".format(args.device))
+    if args.kernels and args.model in ONE_STAGE:
+        p.error("--kernels times the R-CNNs' kernels (MS-Att on p2, the RoI heads' fc1 and mask convs), which "
+                "--model {} does not have; use --model mask_rcnn or cascade_mask_rcnn".format(args.model))
+    for name in ("proposals", "detections_per_image"):
+        if getattr(args, name) < 1:
+            p.error("--{} must be >= 1, got {}".format(name.replace("_", "-"), getattr(args, name)))
     for precision in args.precision:
         try:
             check_precision(precision, args.device, force=args.force_precision)
@@ -1187,13 +1279,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
             print("this host's convolution rate, timed among the necks: a 256->256 3x3 conv of the p3-sized map "
                   "(channels-last) ran at {:.1f} GMAC/s; \"of 3x3 conv\" = neck GFLOP/s over it ({})".format(
                       rate, format_build_info()))
-        attention_rate = next((r["attention_gmacs_per_s"] for r in results.values() if "attention_gmacs_per_s" in r),
-                              None)
-        if attention_rate:
+        floor = next((r for r in results.values() if "attention_gmacs_per_s" in r), None)
+        if floor:
             print("\"floor\": the least the whole model can take here, as a ratio to sum's time: the neck's extra "
                   "multiply-adds at this host's best rates, attention at {:.1f} GMAC/s (the faster of SDPA and "
-                  "the grouped 1x1 convs, timed on p2 among the necks), the rest at the 3x3 conv's; LayerNorm, "
-                  "GELU, resizes and adds counted as free".format(attention_rate))
+                  "the grouped 1x1 convs, timed on {} among the necks), the rest at the 3x3 conv's; LayerNorm, "
+                  "GELU, resizes and adds counted as free".format(floor["attention_gmacs_per_s"],
+                                                                  floor["attention_rate_level"]))
+        if args.model in ONE_STAGE:
+            print("{}: no proposals, no RoI heads; test score threshold 0, the top {} candidates of each level "
+                  "enter the final NMS, {} detections kept: \"cands/dets\" counts both".format(
+                      args.model, args.proposals, args.detections_per_image))
     if args.train:
         print(
             "training: {}, {} threads, device {}; a fresh process per variant and round, {} round(s) "

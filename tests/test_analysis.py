@@ -144,3 +144,32 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "--height 0" in line
     with pytest.raises(CheckpointMismatchError):
         analysis.build_model(analysis.load_any_config("shapes/mask_rcnn_R_18_msca.py"), sum_weights)
+
+
+@pytest.mark.parametrize("detector, top_in, top_channels", [("retinanet", "res5", 256), ("fcos", "p5", C)])
+def test_one_stage_levels_p3_to_p5_and_the_p6_p7_top_block(detector, top_in, top_channels):
+    """RetinaNet / FCOS: rows p3, p4, p5 (lateral, operator, output conv) and one row for LastLevelP6P7;
+    MSCA's attention on p3..p5 with pool strides 64 / stride (8, 4, 2), none in p6-p7 nor anywhere for sum."""
+    by_op = {}
+    for op in ("sum", "msca"):
+        model = analysis.build_model(analysis.load_any_config("shapes/{}_R_18_{}.py".format(detector, op)), seed=0)
+        by_op[op] = analysis.analyze_model(model, ["flop"], (H, W))["flop"]
+    msca, fpn = by_op["msca"], by_op["sum"]
+    for f in (msca, fpn):
+        assert list(f["by_level"]) == ["p3", "p4", "p5", "p6-p7", "neck"]
+        assert f["by_level"]["neck"]["other"] == 0
+        # p6: a 3x3 stride-2 conv of the top block's input (res5: 256 channels of the half-width R-18; or p5: C)
+        # on 4x5 -> 2x3; p7: C -> C on 2x3 -> 1x2
+        top = f["by_level"]["p6-p7"]
+        assert top["output"] == top["total"] == 9 * top_channels * C * 2 * 3 + 9 * C * C * 1 * 2
+        assert top["lateral"] == top["aggregation"] == top["attention"] == 0
+        assert "| p6-p7 | convs from {} |".format(top_in) in f["level_table"]
+        assert f["by_level"]["p3"]["lateral"] == 64 * C * (H // 8) * (W // 8)  # res3 (64 channels) -> C on 16x20
+    for level, stride, r in (("p3", 8, 8), ("p4", 16, 4), ("p5", 32, 2)):
+        h, w = H // stride, W // stride
+        assert msca["by_level"][level]["attention"] == h * w * _tokens(h, w, r) * 2 * C, level
+        assert fpn["by_level"][level]["attention"] == 0, level
+        assert msca["by_level"][level]["output"] == fpn["by_level"][level]["output"], level  # the same 3x3 conv
+    assert msca["by_level"]["neck"]["attention"] == msca["by_operator"]["scaled_dot_product_attention"] > 0
+    assert "scaled_dot_product_attention" not in fpn["by_operator"]
+    assert "| p3 | MSCA |" in msca["level_table"] and "| p3 | sum-up (FPN) |" in fpn["level_table"]

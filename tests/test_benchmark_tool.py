@@ -108,10 +108,14 @@ def test_reference_variants_and_interleaved_timing():
     assert args.reference and args.train_rounds == 3
 
 
-# One MS-Att block at C = 64, mlp_ratio 2: LayerNorms 3 x 2C, q C^2 + C, kv 2C^2 + 2C, proj C^2 + C,
-# DW-MLP fc1 2C^2 + 2C, dwconv 9 x 2C + 2C, fc2 2C^2 + C.
-_MS_ATT_PARAMS_64 = 3 * 2 * 64 + (64 * 64 + 64) + (2 * 64 * 64 + 128) + (64 * 64 + 64) + (
-    2 * 64 * 64 + 128) + (9 * 128 + 128) + (2 * 64 * 64 + 64)
+def _ms_att_params(c):
+    """One MS-Att block at C = c, mlp_ratio 2: LayerNorms 3 x 2C, q C^2 + C, kv 2C^2 + 2C, proj C^2 + C,
+    DW-MLP fc1 2C^2 + 2C, dwconv 9 x 2C + 2C, fc2 2C^2 + C."""
+    return 3 * 2 * c + (c * c + c) + (2 * c * c + 2 * c) + (c * c + c) + (2 * c * c + 2 * c) + (
+        9 * 2 * c + 2 * c) + (2 * c * c + c)
+
+
+_MS_ATT_PARAMS_64 = _ms_att_params(64)
 
 _TINY_SHAPES_CONFIG = '''
 """The shapes recipe on a tiny shapes split (test of the benchmark's --train-config)."""
@@ -275,3 +279,116 @@ def test_precision_refusals_are_parse_errors(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--device", "cpu", "--precision", "bf16", "--train-only"])
     assert "measures inference" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ RetinaNet and FCOS (p3..p7, no RoI heads)
+def _conv_params(c_in, k, c_out=256):
+    return k * k * c_in * c_out + c_out  # with bias, as FPN's convs and LastLevelP6P7's
+
+
+def _one_stage_attention_macs(h, w, c=256):
+    """MS-Att's Q K^T and P V on p3..p5 of an h x w input (divisible by 32): N_q * N_kv * 2C a level, the
+    keys pooled at strides r and 2r (clamped to the map), r = 64 / stride = 8, 4, 2."""
+    total = 0
+    for stride in (8, 16, 32):
+        lh, lw, r = h // stride, w // stride, 64 // stride
+        keys = sum(-(-lh // min(s, lh)) * -(-lw // min(s, lw)) for s in (r, 2 * r))
+        total += lh * lw * keys * 2 * c
+    return total
+
+
+_BF16 = __import__("afa_d2.engine.precision", fromlist=["x"]).cpu_bf16_support()[0]
+
+
+@pytest.mark.parametrize("model, top_in_channels, precisions", [
+    ("retinanet", 2048, ["fp32"]),  # p6 from res5
+    ("fcos", 256, ["fp32", "bf16"] if _BF16 else ["fp32"]),  # p6 from p5
+])
+def test_one_stage_side_by_side_run(tmp_path, capsys, model, top_in_channels, precisions):
+    """--model retinanet / fcos: the neck is p3..p5 (three operators) and LastLevelP6P7; no proposals: the
+    candidates entering the final NMS are counted instead, each level's top --proposals (score threshold 0)."""
+    results, table, saved = _main_with_json(tmp_path, capsys, [
+        "--model", model, "--ops", "sum", "msca", "--precision", *precisions, "--height", "128", "--width", "160",
+        "--iters", "1", "--warmup", "0", "--threads", "2", "--detections-per-image", "5", "--proposals", "50",
+    ])
+    variants = ["sum", "msca"] + ["sum@bf16", "msca@bf16"] * (precisions != ["fp32"])
+    assert list(saved) == variants and saved["msca"]["neck_params"] == results["msca"]["neck_params"]
+    s, m = saved["sum"], saved["msca"]
+    laterals = sum(_conv_params(c, 1) for c in (512, 1024, 2048))  # res3..res5 -> 256
+    outputs = 3 * _conv_params(256, 3)
+    top = _conv_params(top_in_channels, 3) + _conv_params(256, 3)  # p6, p7
+    assert s["neck_params"] == laterals + outputs + top
+    assert m["neck_params"] - s["neck_params"] == m["model_params"] - s["model_params"] == 3 * _ms_att_params(256)
+    assert s["neck_sdpa_flops"] == s["model_sdpa_flops"] == 0
+    assert m["neck_sdpa_flops"] == m["model_sdpa_flops"] == _one_stage_attention_macs(128, 160)
+    assert m["neck_flops"] > s["neck_flops"] and m["model_flops"] > s["model_flops"]
+    assert m["neck_flops_ratio"] == m["neck_flops"] / s["neck_flops"] and s["model_flops_ratio"] == 1.0
+    for r in saved.values():
+        # 5 levels, each with at least 50 scores (p7 of 128x160 is 1x2 locations x anchors x 80 classes)
+        assert r["candidates"] == 5 * 50 and "proposals" not in r, r["op"]
+        assert 1 <= r["detections"] <= 5 and r["model_latency_s"] > 0 and r["neck_latency_s"] > 0
+    assert m["attention_rate_level"] == "p3" and m["model_floor_ratio"] > 1  # the floor's attention timed on p3
+    assert "cands/dets" in table and "250/" in table and "props/dets" not in table
+    assert "{}: no proposals, no RoI heads".format(model) in table
+    if precisions != ["fp32"]:
+        assert saved["msca@bf16"]["ratio_to"] == "sum@bf16" and saved["msca@bf16"]["neck_flops"] == m["neck_flops"]
+
+
+@pytest.mark.parametrize("model, top_in", [("retinanet", "res5"), ("fcos", "p5")])
+def test_one_stage_model_is_the_shipped_config_with_the_test_budget(model, top_in):
+    """The benchmark's RetinaNet / FCOS neck is configs/common/models/<model>_afpn.py's, parameter for
+    parameter; --proposals and --detections-per-image set their test-time counterparts, the threshold 0."""
+    from detectron2.config import instantiate
+
+    from afa_d2.analysis import load_any_config
+
+    built = benchmark.build_model("msca", model, detections_per_image=7, proposals=11)
+    assert (built.test_score_thresh, built.test_topk_candidates, built.max_detections_per_image) == (0.0, 11, 7)
+    neck = built.backbone
+    assert neck.in_features == ("res3", "res4", "res5") and neck.top_block.in_feature == top_in
+    assert list(neck.output_shape()) == ["p3", "p4", "p5", "p6", "p7"]
+    shipped = instantiate(load_any_config("COCO/{}_R_50_msca_1x.py".format(model)).model).backbone
+
+    def neck_shapes(n):
+        return {k: tuple(v.shape) for k, v in n.state_dict().items() if not k.startswith("bottom_up.")}
+
+    assert neck_shapes(neck) == neck_shapes(shipped)
+    assert neck.level_ops == shipped.level_ops == {"p3": "msca", "p4": "msca", "p5": "msca"}
+    assert [benchmark._finest_attention(n) for n in (neck, shipped)] == [("p3", {
+        "stride": 8, "pooling": "multi_scale", "pool_strides": (8, 16), "adaptive_pool_size": 7, "channels": 256,
+        "heads": 4})] * 2
+
+
+def test_vs_stock_loads_the_sum_weights_into_detectron2s_own_fcos():
+    """--vs-stock's premise for the one-stage detectors: detectron2's FCOS with its FPN takes every weight of
+    the benchmark's sum-up model and gives its detections."""
+    args = benchmark.parse_args(["--model", "fcos", "--detections-per-image", "5", "--proposals", "20"])
+    ours = benchmark._build("sum", args).eval()
+    stock = benchmark._stock_fpn_model(args, ours.state_dict()).eval()
+    assert type(stock.backbone).__name__ == "FPN" and stock.test_topk_candidates == 20
+    inputs = [{"image": benchmark._image(96, 128, torch.device("cpu"))}]
+    with torch.no_grad():
+        a, b = (m(inputs)[0]["instances"] for m in (ours, stock))
+    assert len(a) == len(b) > 0
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-4)
+
+
+def test_one_stage_training_step():
+    """--train with --model retinanet: the synthetic image's boxes train the one-stage detector (its worker
+    runs measure_train_step; in this process here)."""
+    args = benchmark.parse_args(["--model", "retinanet", "--height", "96", "--width", "128", "--iters", "1",
+                                 "--warmup", "1", "--threads", "2"])
+    assert benchmark.measure_train_step("msca", args)["train_step_s"] > 0
+
+
+def test_one_stage_refusals_are_one_line_parse_errors(capsys):
+    for argv, words in (
+        (["--model", "fcos", "--kernels"], ("--kernels", "--model fcos", "mask_rcnn")),
+        (["--model", "retinanet", "--proposals", "0"], ("--proposals must be >= 1, got 0",)),
+        (["--model", "yolo"], ("'yolo'", "retinanet", "fcos")),
+    ):
+        with pytest.raises(SystemExit) as e:
+            benchmark.parse_args(argv)
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and all(w in err for w in words), err
