@@ -346,11 +346,11 @@ def _p2_attention(padded_hw, seed: int = 0, *, stride: int = 4, pooling: str = "
     configs' p2); another level through the keywords (:func:`_finest_attention`).
 
     Returns (q tokens (1, H*W, C), k, v (1, heads, M, C/heads), (H, W), multiply-adds of QK^T and PV)."""
-    from afa_d2.modeling.ms_attention import _pool_output_sizes
+    from afa_d2.modeling.ms_attention import pool_windows
 
     h, w = (-(-int(size) // stride) for size in padded_hw)
     c = channels
-    m = sum(a * b for a, b in _pool_output_sizes(h, w, pooling, tuple(pool_strides), adaptive_pool_size))
+    m = sum(p.tokens for p in pool_windows(h, w, pooling, tuple(pool_strides), adaptive_pool_size))
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(1, h * w, c, generator=g)
     k, v = (torch.randn(1, heads, m, c // heads, generator=g) for _ in range(2))

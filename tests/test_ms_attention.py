@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from afa_d2.modeling import MSAttention
-from afa_d2.modeling.ms_attention import _pool_output_sizes, pool_tokens
+from afa_d2.modeling.ms_attention import pool_tokens, pool_windows
 
 
 def test_param_count_for_256_channels():
@@ -35,7 +35,7 @@ def test_kv_token_count(pooling, r, size, want_tokens):
     attn = MSAttention(8, 2, pooling=pooling, pool_stride=r)
     x = torch.randn(1, 8, *size)
     assert attn.kv_tokens(x).shape == (1, want_tokens, 8)
-    assert sum(h * w for h, w in _pool_output_sizes(*size, pooling, attn.pool_strides, 7)) == want_tokens
+    assert sum(p.tokens for p in pool_windows(*size, pooling, attn.pool_strides, 7)) == want_tokens
 
 
 def test_partial_windows_average_only_the_inside():

@@ -463,10 +463,3 @@ def pool_windows(h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptiv
         kh, kw = min(s, h), min(s, w)
         out.append(PoolWindow("r={}".format(s), (kh, kw), (-(-h // kh), -(-w // kw))))
     return out
-
-
-def _pool_output_sizes(
-    h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int
-) -> List[Tuple[int, int]]:
-    """The (h, w) of each pool of :func:`pool_tokens` for an input of h x w (:func:`pool_windows`' grids)."""
-    return [p.out for p in pool_windows(h, w, pooling, strides, adaptive_size)]
