@@ -446,20 +446,28 @@ def measure_inference(
 
             neck_fns[name] = run_neck
             model_fns[name] = run_model
+        # The yardsticks, timed among the necks under the same conditions, once per precision measured (each in
+        # that precision: bf16's convolution and attention kernels are not fp32's).
+        precisions = sorted({res["precision"] for res in results.values()}, key=lambda p: p != "fp32")
         reference_conv, reference_macs = _reference_conv(images.tensor.shape[-2:], device)
-        neck_fns[REFERENCE_CONV] = reference_conv  # timed among the necks, under the same conditions
-        floor_fns: Dict[str, Any] = {}
+        floor_fns: Dict[str, Dict[str, Any]] = {p: {} for p in precisions}
         finest = next(filter(None, (_finest_attention(m.backbone) for m in models.values())), None)
+        attention_ways_of = None
         if device.type == "cpu" and BASE in results and finest and any(r["neck_sdpa_flops"] for r in results.values()):
             from afa_d2.modeling.kernels import attention_ways
 
             q, k, v, level_hw, attention_macs = _p2_attention(images.tensor.shape[-2:], args.seed, **finest[1])
-            floor_fns = {_FLOOR_ATTENTION.format(way): fn for way, fn in attention_ways(q, k, v, level_hw).items()}
-            neck_fns.update(floor_fns)
+            attention_ways_of = attention_ways(q, k, v, level_hw)
+        for p in precisions:
+            neck_fns[_in_precision(REFERENCE_CONV, p)] = _scoped(reference_conv, p, device)
+            for way, fn in (attention_ways_of or {}).items():
+                floor_fns[p][_in_precision(_FLOOR_ATTENTION.format(way), p)] = _scoped(fn, p, device)
+            neck_fns.update(floor_fns[p])
         neck_times = time_interleaved(neck_fns, args.iters, args.warmup, device)
-        conv_rate = reference_macs / 1e9 / statistics.median(neck_times.pop(REFERENCE_CONV))
-        attention_rate = max((attention_macs / 1e9 / statistics.median(neck_times.pop(name)) for name in floor_fns),
-                             default=None)
+        conv_rate = {p: reference_macs / 1e9 / statistics.median(neck_times.pop(_in_precision(REFERENCE_CONV, p)))
+                     for p in precisions}
+        attention_rate = {p: max((attention_macs / 1e9 / statistics.median(neck_times.pop(name))
+                                  for name in floor_fns[p]), default=None) for p in precisions}
         model_times = time_interleaved(model_fns, args.iters, args.warmup, device)
     for name, res in results.items():
         res["neck_latency_s"] = statistics.median(neck_times[name])
@@ -468,9 +476,9 @@ def measure_inference(
         res["model_latency_spread"] = _spread(model_times[name])
         res.update(counts[name])
         res["neck_gflops_per_s"] = res["neck_flops"] / 1e9 / res["neck_latency_s"]
-        res["reference_conv_gmacs_per_s"] = conv_rate
-        res["neck_of_reference_conv"] = res["neck_gflops_per_s"] / conv_rate
-    if attention_rate:
+        res["reference_conv_gmacs_per_s"] = conv_rate[res["precision"]]
+        res["neck_of_reference_conv"] = res["neck_gflops_per_s"] / conv_rate[res["precision"]]
+    if any(attention_rate.values()):
         add_floor(results, conv_rate, attention_rate)
         for res in results.values():
             if "attention_gmacs_per_s" in res:
@@ -1012,20 +1020,38 @@ def _ratio(value: Optional[float], ref: Optional[float]) -> Optional[float]:
     return value / ref
 
 
-def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: float, attention_rate: float) -> None:
-    """The least each attention variant's whole model can take on this host, as a ratio to "sum"'s measured
-    time: sum's time plus the neck's extra multiply-adds at the best rates timed here, attention's at
-    ``attention_rate`` (the faster of SDPA and the grouped 1x1 convolutions on the finest attention level,
-    p2 of the R-CNNs, p3 of RetinaNet and FCOS: :func:`_finest_attention`; GMAC/s) and the rest
-    (token linears, pooled K/V, depth-wise conv) at ``conv_rate`` (the 3x3 convolution's); work without
-    multiply-adds (LayerNorm, GELU, resizes, adds) counted as free. What goal 1 of issue #12 can reach here.
+def _in_precision(name: str, precision: str) -> str:
+    """A yardstick's name in ``precision`` ("reference: 3x3 conv@bf16"; fp32's keeps its plain name)."""
+    return name if precision == "fp32" else name + PRECISION_SEP + precision
+
+
+def _scoped(fn, precision: str, device: torch.device):
+    """``fn`` run under :func:`precision_scope` (autocast for bf16 / fp16)."""
+    def run():
+        with precision_scope(precision, device):
+            return fn()
+
+    return run
+
+
+def add_floor(results: Dict[str, Dict[str, Any]], conv_rate: Dict[str, float],
+              attention_rate: Dict[str, Optional[float]]) -> None:
+    """The least each attention variant's whole model can take on this host, as a ratio to the sum-up model's
+    measured time in the same precision: that time plus the neck's extra multiply-adds at the best rates timed
+    here in that precision, attention's at ``attention_rate[precision]`` (the faster of SDPA and the grouped 1x1
+    convolutions on the finest attention level, p2 of the R-CNNs, p3 of RetinaNet and FCOS:
+    :func:`_finest_attention`; GMAC/s) and the rest (token linears, pooled K/V, depth-wise conv) at
+    ``conv_rate[precision]`` (the 3x3 convolution's); work without multiply-adds (LayerNorm, GELU, resizes,
+    adds) counted as free. What goal 1 of issue #12 can reach here.
     """
-    base = results[BASE]
     for r in results.values():
-        if r.get("neck_sdpa_flops") and r.get("precision", "fp32") == "fp32":  # the rates were timed in fp32
+        precision = r.get("precision", "fp32")
+        base = results.get(_in_precision(BASE, precision))
+        rate = attention_rate.get(precision)
+        if r.get("neck_sdpa_flops") and base is not None and rate:
             other = max(0, r["neck_flops"] - r["neck_sdpa_flops"] - base["neck_flops"])
-            extra_s = r["neck_sdpa_flops"] / 1e9 / attention_rate + other / 1e9 / conv_rate
-            r["attention_gmacs_per_s"] = attention_rate
+            extra_s = r["neck_sdpa_flops"] / 1e9 / rate + other / 1e9 / conv_rate[precision]
+            r["attention_gmacs_per_s"] = rate
             r["model_floor_ratio"] = (base["model_latency_s"] + extra_s) / base["model_latency_s"]
 
 
@@ -1271,21 +1297,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         )
         if args.precision != ["fp32"]:
             print("precisions: {}; \"<op>@<precision>\" is the same model under torch.autocast ({}), its ratios "
-                  "against the sum-up model in the same precision; the floor is fp32's only".format(
+                  "against the sum-up model in the same precision, the floor from the yardsticks timed in that precision".format(
                       ", ".join(args.precision),
                       cpu_bf16_support()[1] if args.device == "cpu" else torch.cuda.get_device_name()))
-        rate = next(iter(results.values())).get("reference_conv_gmacs_per_s")
-        if rate:
+        rates = {r["precision"]: r["reference_conv_gmacs_per_s"] for r in results.values()
+                 if r.get("reference_conv_gmacs_per_s")}
+        if rates:
             print("this host's convolution rate, timed among the necks: a 256->256 3x3 conv of the p3-sized map "
-                  "(channels-last) ran at {:.1f} GMAC/s; \"of 3x3 conv\" = neck GFLOP/s over it ({})".format(
-                      rate, format_build_info()))
-        floor = next((r for r in results.values() if "attention_gmacs_per_s" in r), None)
-        if floor:
-            print("\"floor\": the least the whole model can take here, as a ratio to sum's time: the neck's extra "
-                  "multiply-adds at this host's best rates, attention at {:.1f} GMAC/s (the faster of SDPA and "
-                  "the grouped 1x1 convs, timed on {} among the necks), the rest at the 3x3 conv's; LayerNorm, "
-                  "GELU, resizes and adds counted as free".format(floor["attention_gmacs_per_s"],
-                                                                  floor["attention_rate_level"]))
+                  "(channels-last) ran at {} GMAC/s; \"of 3x3 conv\" = neck GFLOP/s over it in the same precision "
+                  "({})".format(", ".join("{:.1f} ({})".format(v, p) for p, v in rates.items()), format_build_info()))
+        floors = {r["precision"]: r for r in results.values() if "attention_gmacs_per_s" in r}
+        if floors:
+            print("\"floor\": the least the whole model can take here, as a ratio to sum's time in the same "
+                  "precision: the neck's extra multiply-adds at this host's best rates, attention at {} GMAC/s (the "
+                  "faster of SDPA and the grouped 1x1 convs, timed on {} among the necks), the rest at the 3x3 "
+                  "conv's; LayerNorm, GELU, resizes and adds counted as free".format(
+                      ", ".join("{:.1f} ({})".format(r["attention_gmacs_per_s"], p) for p, r in floors.items()),
+                      next(iter(floors.values()))["attention_rate_level"]))
         if args.model in ONE_STAGE:
             print("{}: no proposals, no RoI heads; test score threshold 0, the top {} candidates of each level "
                   "enter the final NMS, {} detections kept: \"cands/dets\" counts both".format(

@@ -79,11 +79,20 @@ def test_tiny_side_by_side_run(tmp_path, capsys):
 def test_floor_counts_attention_and_the_other_extra_work_at_their_rates():
     results = {"sum": {"neck_flops": 60e9, "neck_sdpa_flops": 0, "model_latency_s": 3.0},
                "mssa": {"neck_flops": 112e9, "neck_sdpa_flops": 16e9, "model_latency_s": 3.8},
-               "concat": {"neck_flops": 72e9, "neck_sdpa_flops": 0, "model_latency_s": 3.1}}
-    benchmark.add_floor(results, conv_rate=100.0, attention_rate=80.0)
+               "concat": {"neck_flops": 72e9, "neck_sdpa_flops": 0, "model_latency_s": 3.1},
+               "sum@bf16": {"neck_flops": 60e9, "neck_sdpa_flops": 0, "model_latency_s": 2.0, "precision": "bf16"},
+               "mssa@bf16": {"neck_flops": 112e9, "neck_sdpa_flops": 16e9, "model_latency_s": 2.9, "precision": "bf16"}}
+    benchmark.add_floor(results, conv_rate={"fp32": 100.0, "bf16": 200.0}, attention_rate={"fp32": 80.0, "bf16": 160.0})
     # 16 G of attention at 80 GMAC/s (0.2 s) + 36 G at 100 GMAC/s (0.36 s) on sum's 3.0 s
     assert results["mssa"]["model_floor_ratio"] == pytest.approx((3.0 + 0.2 + 0.36) / 3.0)
+    # each precision from its own rates and its own sum-up model: 0.1 s + 0.18 s on 2.0 s
+    assert results["mssa@bf16"]["model_floor_ratio"] == pytest.approx((2.0 + 0.1 + 0.18) / 2.0)
+    assert results["mssa@bf16"]["attention_gmacs_per_s"] == 160.0
     assert "model_floor_ratio" not in results["sum"] and "model_floor_ratio" not in results["concat"]
+    # a precision whose attention was not timed gets no floor
+    del results["mssa@bf16"]["model_floor_ratio"]
+    benchmark.add_floor(results, conv_rate={"fp32": 100.0, "bf16": 200.0}, attention_rate={"fp32": 80.0})
+    assert "model_floor_ratio" not in results["mssa@bf16"]
 
 
 def test_reference_variants_and_interleaved_timing():
@@ -270,6 +279,9 @@ def test_precisions_side_by_side(tmp_path, capsys):
     assert r["model_latency_s_ratio"] == pytest.approx(r["model_latency_s"] / saved["sum@bf16"]["model_latency_s"])
     assert saved["sum@bf16"]["precision"] == "bf16" and saved["sum@bf16"]["detections"] >= 1
     assert "msca@bf16" in table and "precisions: fp32, bf16" in table
+    assert r["model_floor_ratio"] > 1 and r["attention_gmacs_per_s"] > 0  # the floor in bf16, from bf16's rates
+    assert saved["sum@bf16"]["reference_conv_gmacs_per_s"] != saved["sum"]["reference_conv_gmacs_per_s"]
+    assert "(bf16)" in table
 
 
 def test_precision_refusals_are_parse_errors(capsys):
