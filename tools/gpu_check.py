@@ -9,8 +9,14 @@
    (interleaved, median): FPS and the ratio to sum (the paper: 13.0 -> 11.9 FPS, x1.09; goal <= x1.09).
 3. AMP training memory: peak ``max_memory_allocated`` of a training step with fp16 autocast and a
    grad scaler (detectron2's AMPTrainer), each operator in a fresh process (goal <= x1.15 of sum).
+4. Low-precision inference: the same models under fp16 and bf16 autocast (``--precision``, as
+   ``train_net.py --eval-only`` and the Predictor run them): FPS and ratio to sum in each precision, and how far
+   the detections move from fp32's (the same image and weights: each low-precision detection matched to the
+   fp32 detection of its class with the largest IoU; the share matched at IoU >= 0.5, and the largest box
+   corner and score differences of those).
 
-``--smoke`` runs the same code on the CPU at a tiny size (no AMP): what CI can check of it.
+``--smoke`` runs the same code on the CPU at a tiny size (no AMP; bf16 only where the CPU has it): what CI
+can check of it.
 """
 import argparse
 import json
@@ -22,6 +28,7 @@ import afa_d2  # noqa: F401  (detectron2 compat patches first)
 import torch
 
 from afa_d2 import benchmark
+from afa_d2.engine.precision import cpu_bf16_support, precision_scope
 from afa_d2.modeling import MSAttention
 
 OPS = ["sum", "mssa", "msca"]
@@ -57,6 +64,43 @@ def check_attention(device: str) -> dict:
     return out
 
 
+def _match(reference, low) -> dict:
+    """How far ``low``'s detections are from ``reference``'s (both ``Instances`` in fp32): each low-precision
+    detection to the reference detection of its class with the largest IoU."""
+    from detectron2.structures import pairwise_iou
+
+    if len(low) == 0 or len(reference) == 0:
+        return {"detections": len(low), "reference_detections": len(reference), "matched_at_iou_0.5": 0.0}
+    iou = pairwise_iou(low.pred_boxes, reference.pred_boxes)
+    iou[low.pred_classes[:, None] != reference.pred_classes[None, :]] = 0.0
+    best, idx = iou.max(dim=1)
+    ok = best >= 0.5
+    out = {"detections": len(low), "reference_detections": len(reference),
+           "matched_at_iou_0.5": ok.float().mean().item()}
+    if ok.any():
+        out["max_box_diff_px"] = (low.pred_boxes.tensor[ok] - reference.pred_boxes.tensor[idx[ok]]).abs().max().item()
+        out["max_score_diff"] = (low.scores[ok] - reference.scores[idx[ok]]).abs().max().item()
+    return out
+
+
+def check_precisions(device: str, precisions, size) -> dict:
+    """Detections of each operator's random-weight Cascade model in each of ``precisions`` against fp32."""
+    h, w = int(size[1]), int(size[3])
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, h, w), generator=g).float()
+    out = {}
+    for op in OPS:
+        model = benchmark.build_model(op, "cascade_mask_rcnn").to(device).eval()
+        inputs = [{"image": image.to(device), "height": h, "width": w}]
+        with torch.no_grad():
+            reference = model(inputs)[0]["instances"].to("cpu")
+            for precision in precisions:
+                with precision_scope(precision, torch.device(device)):
+                    low = model(inputs)[0]["instances"].to("cpu")
+                out["{}@{}".format(op, precision)] = _match(reference, low)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
@@ -89,12 +133,28 @@ def main(argv=None):
                                        "peak_mem_ratio_to_sum": r["train_peak_mem_bytes_ratio"],
                                        "step_s": r["train_step_s"], "step_ratio_to_sum": r["train_step_s_ratio"]}
                                   for op, r in training.items()}
+    low = ["fp16", "bf16"] if device == "cuda" else (["bf16"] if cpu_bf16_support()[0] else [])
+    if low:
+        print("== 4. inference under {} autocast: speed against sum, detections against fp32".format(
+            " / ".join(low)), flush=True)
+        timed = benchmark.main(["--model", "cascade_mask_rcnn", "--device", device, "--ops", *OPS,
+                                "--skip-model-flops", "--precision", "fp32", *low, *size, *iters])
+        report["low_precision"] = {name: {"fps": 1.0 / r["model_latency_s"],
+                                          "latency_ratio_to_sum": r["model_latency_s_ratio"],
+                                          "speedup_over_fp32": timed[name.split("@")[0]]["model_latency_s"]
+                                          / r["model_latency_s"]}
+                                   for name, r in timed.items() if "@" in name}
+        for name, diff in check_precisions(device, low, size).items():
+            report["low_precision"][name].update(diff)
+
     report["seconds"] = round(time.perf_counter() - t0, 1)
     goals = {"fps_ratio_mssa": report["inference"]["mssa"]["latency_ratio_to_sum"],
              "fps_ratio_msca": report["inference"]["msca"]["latency_ratio_to_sum"]}
     if "amp_training" in report:
         goals.update({"amp_mem_ratio_mssa": report["amp_training"]["mssa"]["peak_mem_ratio_to_sum"],
                       "amp_mem_ratio_msca": report["amp_training"]["msca"]["peak_mem_ratio_to_sum"]})
+    for name, r in report.get("low_precision", {}).items():
+        goals["{}_latency_ratio".format(name)] = r["latency_ratio_to_sum"]
     report["goals"] = goals
     print(json.dumps(report, indent=1))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
