@@ -337,6 +337,9 @@ def test_model_zoo_md_is_generated_from_the_records(msca_model, tmp_path):
 
 
 def test_repository_model_zoo_md_is_the_rendering_of_its_records():
+    from afa_d2.model_zoo import get_config
+    from afa_d2.model_zoo.build import architecture
+
     """MODEL_ZOO.md is never typed by hand: it equals what MODEL_ZOO.json (the published files'
     records, written beside it by tools/train_model_zoo.py) renders to."""
     with open(os.path.join(REPO, "MODEL_ZOO.json")) as f:
@@ -344,8 +347,11 @@ def test_repository_model_zoo_md_is_the_rendering_of_its_records():
     with open(os.path.join(REPO, "MODEL_ZOO.md")) as f:
         assert f.read() == render_model_zoo_md(index)
     configs = {e["metadata"]["config"] for e in index["checkpoints"].values()}
-    assert configs == {"shapes/mask_rcnn_R_18_{}.py".format(op) for op in ("sum", "concat", "mssa", "msca")} | {
-        "shapes/cascade_mask_rcnn_R_18_msca.py"}
+    from afa_d2.model_zoo.train import ZOO_CONFIGS
+
+    assert configs == set(ZOO_CONFIGS)  # the default set of tools/train_model_zoo.py, every one published
+    for e in index["checkpoints"].values():
+        assert e["metadata"]["arch"] == architecture(get_config(e["metadata"]["config"]))
     for e in index["checkpoints"].values():
         assert hub.expected_hash_prefix(e["file"]) == e["sha256"][:8]
         assert e["metadata"]["training"]["iterations"] > 0 and e["metadata"]["metrics"]["box_AP"] > 0
