@@ -54,6 +54,7 @@ def test_train_net_refuses_fp16_on_the_cpu_at_parse_time(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 400 training iterations: minutes on an idle host, more on a busy one
 @pytest.mark.skipif(not P.cpu_bf16_support()[0], reason="this CPU has no native bf16")
 def test_a_trained_models_detections_under_bf16_match_fp32(tmp_path, monkeypatch):
     """Train the shapes Mask R-CNN (MSCA) for 400 iterations (minutes: slow-marked), then predict a val
