@@ -120,6 +120,7 @@ def test_presets_come_from_the_registry_and_the_configs():
     assert {a.name: a.baseline for a in det.arms}["mask_rcnn/msca"] == "mask_rcnn/sum"
     assert {a.name: a.baseline for a in det.arms}["cascade_mask_rcnn/msca"] == "cascade_mask_rcnn/sum"
     assert {a.name for a in det.arms} >= {"retinanet/sum", "retinanet/msca", "fcos/sum", "fcos/msca"}
+    assert {a.name: a.label for a in det.arms}["retinanet/msca"] == "RetinaNet, MSCA"  # the family in the tables
     assert set(PRESETS) == {"table1", "table1-cascade", "table4", "table5", "finetune", "detectors"}
 
 

@@ -179,11 +179,19 @@ def _zoo_has(name: str) -> bool:
     return os.path.isfile(os.path.join(configs_root(), name))
 
 
+#: How a study names each detector family of the shapes configs (the label of a multi-family study's arms).
+FAMILY_LABELS = {"mask_rcnn": "Mask R-CNN", "cascade_mask_rcnn": "Cascade Mask R-CNN", "retinanet": "RetinaNet",
+                 "fcos": "FCOS"}
+
+
 def _operator_arms(arch: str, ops: Optional[Sequence[str]] = None, prefix: str = "") -> List[Arm]:
+    """One arm per operator of the shapes ``arch`` configs present; with a ``prefix`` (several families in one
+    study), names and labels carry the family."""
     base = baseline_operator()
     ops = [op for op in (ops or AGGREGATION_OPS) if _zoo_has("shapes/{}_R_18_{}.py".format(arch, op))]
+    family = "{}, ".format(FAMILY_LABELS.get(arch, arch)) if prefix else ""
     return [Arm(name=prefix + op, config="shapes/{}_R_18_{}.py".format(arch, op),
-                baseline=None if op == base else prefix + base, label=operator_label(op)) for op in ops]
+                baseline=None if op == base else prefix + base, label=family + operator_label(op)) for op in ops]
 
 
 def _table1(recipe: Recipe) -> StudyDesign:
