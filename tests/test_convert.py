@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
-from _engine_fixtures import TESTS_DIR, tiny_rcnn
+from _engine_fixtures import TESTS_DIR, build_with_trained_norms, one_thread, tiny_rcnn  # noqa: F401  (one_thread: autouse)
 from afa_d2.model_zoo.convert import (
     TORCHVISION_PIXEL_MEAN,
     TORCHVISION_PIXEL_STD,
@@ -28,16 +28,6 @@ from detectron2.config import instantiate
 
 REPO = os.path.dirname(TESTS_DIR)
 AGG = "backbone.fpn_aggregation"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the values do not depend on it, and on shared cores OpenMP's spin-waits
-    made a 64x64 ResNet-50 forward take 1.6 s with 2 threads against 0.035 s with 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- detectron2 FPN
@@ -67,14 +57,7 @@ def _deeper_stages(norm="BN", widths=(8, 16, 32, 64)):
 
 
 def _build(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = instantiate(cfg).eval()
-    with torch.no_grad():  # trained-looking norms (random-init BN in eval mode is the identity)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+    return build_with_trained_norms(cfg, seed)
 
 
 def _images():

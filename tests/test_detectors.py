@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
-from _engine_fixtures import tiny_resnet_stages
+from _engine_fixtures import build_with_trained_norms, one_thread, tiny_resnet_stages  # noqa: F401  (one_thread: autouse)
 from afa_d2.model_zoo import get_config
 from afa_d2.model_zoo.convert import convert_detectron2_fpn
 from afa_d2.modeling import AttentionFPN, default_pool_strides
@@ -40,14 +40,6 @@ CH = 32  # the pyramid's width (GroupNorm(32) in FCOS's head and the semantic he
 NUM_CLASSES = 3
 STUFF_CLASSES = 4
 AGG = "backbone.fpn_aggregation"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _shrink(model, kind):
@@ -105,14 +97,7 @@ def afpn_config(kind, op="sum", **backbone):
 
 
 def _build(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = instantiate(cfg).eval()
-    with torch.no_grad():  # trained-looking norms (random-init BN in eval mode is the identity)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+    return build_with_trained_norms(cfg, seed)
 
 
 def _images(sizes=((97, 131), (128, 96))):

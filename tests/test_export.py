@@ -19,6 +19,7 @@ import afa_d2  # noqa: F401  (before detectron2)
 from afa_d2 import export
 from afa_d2.model_zoo import CheckpointMismatchError, get_config
 from afa_d2.modeling.inference import raw_inference
+from _engine_fixtures import one_thread  # noqa: F401  (autouse: one thread for this module)
 from test_detectors import _build, afpn_config  # the tiny RetinaNet / FCOS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,14 +30,6 @@ DENSE_OUTPUTS = ["pred_boxes", "pred_classes", "scores", "image_size"]
 # candidates than it (RetinaNet: p6 162 of 200; FCOS: p4 240 of 300, every box above the 0.001 threshold)
 # and at 150x203 more (p6 324; p4 420): a graph that froze the sample's count would keep too many there.
 DENSE_TOPK = {"retinanet": 200, "fcos": 300}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _config(op, cascade=False, score_thresh=0.0):
