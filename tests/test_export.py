@@ -247,6 +247,20 @@ def test_size_limits_of_a_p3_pyramid():
         agg.pool_strides = (2, 4)
 
 
+def _run_exported_on_a_random_image(model, info, tmp_path):
+    """run_exported on a random 100x140 image file (detections, JSON and drawing in ``tmp_path``), the PyTorch
+    model's own forward on the same image (``detector_postprocess`` included), the image and its file."""
+    import cv2
+
+    bgr = (np.random.default_rng(5).random((100, 140, 3)) * 255).astype(np.uint8)
+    image_file = str(tmp_path / "im.png")
+    assert cv2.imwrite(image_file, bgr)
+    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"), draw_threshold=0.0)
+    with torch.no_grad():
+        ref = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).astype(np.float32))}])[0]["instances"]
+    return dets, ref, bgr, image_file
+
+
 def test_run_exported_without_masks(tmp_path, capsys):
     """An image file through an exported RetinaNet: the detections of the PyTorch model's own forward
     (``detector_postprocess`` included), JSON without masks, a drawing, no instance-id map."""
@@ -254,12 +268,7 @@ def test_run_exported_without_masks(tmp_path, capsys):
 
     model = _dense_model("retinanet", "msca", max_detections=25)
     info = export.export_model(model, str(tmp_path / "r.onnx"), sample=_image(*SIZES[0]), class_names=["a", "b", "c"])
-    bgr = (np.random.default_rng(5).random((100, 140, 3)) * 255).astype(np.uint8)
-    image_file = str(tmp_path / "im.png")
-    assert cv2.imwrite(image_file, bgr)
-    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"), draw_threshold=0.0)
-    with torch.no_grad():
-        ref = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).astype(np.float32))}])[0]["instances"]
+    dets, ref, bgr, image_file = _run_exported_on_a_random_image(model, info, tmp_path)
     ref = {"pred_boxes": ref.pred_boxes.tensor, "scores": ref.scores, "pred_classes": ref.pred_classes}
     got = {"pred_boxes": dets["boxes"], "scores": dets["scores"], "pred_classes": dets["classes"]}
     _assert_equal_outputs(got, ref, ATOL, "run_exported")
@@ -471,12 +480,7 @@ def test_run_exported_writes_detections_in_image_pixels(tmp_path, msca_onnx_97x1
     from pycocotools import mask as mask_util
 
     model, info = msca_onnx_97x131
-    bgr = (np.random.default_rng(5).random((100, 140, 3)) * 255).astype(np.uint8)
-    image_file = str(tmp_path / "im.png")
-    assert cv2.imwrite(image_file, bgr)
-    dets = export.run_exported(info.path, image_file, str(tmp_path / "dets.json"), draw_threshold=0.0)
-    with torch.no_grad():
-        ref = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).astype(np.float32))}])[0]["instances"]
+    dets, ref, bgr, image_file = _run_exported_on_a_random_image(model, info, tmp_path)
     n = len(ref)
     assert n > 0 and len(dets["scores"]) == n
     assert np.abs(dets["boxes"] - ref.pred_boxes.tensor.numpy()).max() <= ATOL
