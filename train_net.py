@@ -62,7 +62,7 @@ def main(args):
     if device_note:
         logger.info(device_note)
     if str(cfg.train.device) == "cpu":
-        from afa_d2.runtime import configure_cpu_runtime
+        from afa_d2.execution.runtime import configure_cpu_runtime
 
         configure_cpu_runtime("evaluation" if args.eval_only else "training")
     logger.info(str(schedule))

@@ -403,7 +403,7 @@ def measure_inference(
                 built = sum_model if op == BASE and sum_model is not None else _build(op, args, shared_state)
                 models[op] = built.to(device).eval()
                 if device.type == "cpu":  # afa_d2's CPU inference set-up (the same for every variant)
-                    from afa_d2.runtime import prepare_for_cpu_inference
+                    from afa_d2.execution.runtime import prepare_for_cpu_inference
 
                     prepare_for_cpu_inference(models[op])
             model = models[op]
@@ -454,7 +454,7 @@ def measure_inference(
         finest = next(filter(None, (_finest_attention(m.backbone) for m in models.values())), None)
         attention_ways_of = None
         if device.type == "cpu" and BASE in results and finest and any(r["neck_sdpa_flops"] for r in results.values()):
-            from afa_d2.modeling.kernels import attention_ways
+            from afa_d2.execution.kernels import attention_ways
 
             q, k, v, level_hw, attention_macs = _p2_attention(images.tensor.shape[-2:], args.seed, **finest[1])
             attention_ways_of = attention_ways(q, k, v, level_hw)
@@ -522,10 +522,10 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     take: the box head's fc1 on ``--proposals`` rows (``F.linear``, or the rows as a 1x1 convolution)
     and one of the mask head's 3x3 convolutions on ``--detections-per-image`` maps of 14 x 14 (oneDNN,
     or NNPACK where this build has it). The two ways the kernel probe chooses between are its own
-    functions (``afa_d2.modeling.kernels.linear_ways``, ``attention_ways``, ``conv3x3_ways``), the ones
+    functions (``afa_d2.execution.kernels.linear_ways``, ``attention_ways``, ``conv3x3_ways``), the ones
     the layers call. CPU only (the convolution attention is a CPU path).
     """
-    from afa_d2.modeling.kernels import attention_ways, conv3x3_ways, linear_ways
+    from afa_d2.execution.kernels import attention_ways, conv3x3_ways, linear_ways
 
     if args.device != "cpu":
         raise ValueError("--kernels measures the CPU kernels (got --device {})".format(args.device))
@@ -544,7 +544,7 @@ def measure_kernels(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         return torch.bmm(p, v[0]).transpose(0, 1).reshape(1, n, c)
 
     linear_macs = n * c * 2 * c
-    # the ways the kernel probe chooses between (afa_d2.modeling.kernels), on p2's shapes
+    # the ways the kernel probe chooses between (afa_d2.execution.kernels), on p2's shapes
     linear, attention = linear_ways(tokens, w1, b1, (h, w)), attention_ways(tokens, k, v, (h, w))
     p2 = [1, n, c]  # the p2 products' input: (1, tokens, channels)
     kernels = {  # name -> (function, multiply-adds, product it computes, its input's shape)
@@ -642,7 +642,7 @@ def profile_inference(
     image = _image(args.height, args.width, torch.device("cpu"))
     inputs = [{"image": image, "height": args.height, "width": args.width}]
     out: Dict[str, Dict[str, Any]] = {}
-    from afa_d2.runtime import prepare_for_cpu_inference
+    from afa_d2.execution.runtime import prepare_for_cpu_inference
 
     with torch.no_grad():
         for name in names:
@@ -883,7 +883,7 @@ def measure_training(names: Sequence[str], args: argparse.Namespace) -> Dict[str
 # --------------------------------------------------------------------- afa_d2's settings vs stock
 # What a process runs with: "stock" is detectron2 eager as it comes (glibc's allocator, F.linear and
 # SDPA; for "sum", detectron2's own FPN class), "afa_d2" what afa_d2's CPU commands set up
-# (afa_d2.runtime.configure_cpu_runtime, the measured kernel choice of afa_d2.modeling.kernels).
+# (afa_d2.execution.runtime.configure_cpu_runtime, the measured kernel choice of afa_d2.execution.kernels).
 SETTINGS = {
     "stock": {"AFA_D2_MALLOC": "default", "AFA_D2_KERNELS": "plain"},
     "afa_d2": {"AFA_D2_MALLOC": "keep", "AFA_D2_KERNELS": "probe"},
@@ -910,7 +910,7 @@ def _stock_fpn_model(args: argparse.Namespace, shared_state: Dict[str, torch.Ten
 def serve(args: argparse.Namespace) -> None:
     """A timing worker (``--serve SETTING``): build each operator's model, then answer "time <op>"
     lines on stdin with one forward's seconds; the parent interleaves workers' requests."""
-    from afa_d2.runtime import configure_cpu_runtime
+    from afa_d2.execution.runtime import configure_cpu_runtime
 
     setting = args.serve
     if args.device == "cpu":
@@ -927,7 +927,7 @@ def serve(args: argparse.Namespace) -> None:
             models[op] = _build(op, args, shared)
         models[op] = models[op].to(device).eval()
         if setting == "afa_d2" and device.type == "cpu":
-            from afa_d2.runtime import prepare_for_cpu_inference
+            from afa_d2.execution.runtime import prepare_for_cpu_inference
 
             prepare_for_cpu_inference(models[op])
     print(_REPLY + json.dumps({"ready": setting, "threads": torch.get_num_threads()}), flush=True)
@@ -1227,7 +1227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         torch.set_num_threads(args.threads)
     if args.train_worker:
         if args.device == "cpu" and args.train_measure == "time":  # the memory worker keeps its own malloc setup
-            from afa_d2.runtime import configure_cpu_runtime
+            from afa_d2.execution.runtime import configure_cpu_runtime
 
             configure_cpu_runtime("the benchmark's training step")
         print(json.dumps(measure_train_step(args.train_worker, args, args.train_measure)))
@@ -1246,7 +1246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
         return results
     runtime = None
     if args.device == "cpu":
-        from afa_d2.runtime import configure_cpu_runtime
+        from afa_d2.execution.runtime import configure_cpu_runtime
 
         runtime = configure_cpu_runtime("the benchmark")
     if args.kernels:
@@ -1283,9 +1283,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
             results[name].update(res)
     add_ratios(results, BASE if BASE in results else args.ops[0])
     if args.device == "cpu":
-        from afa_d2.modeling.kernels import describe_choices
+        from afa_d2.execution.kernels import describe_choices
 
-        print("CPU settings (afa_d2.runtime, AFA_D2_MALLOC): {}; kernels (AFA_D2_KERNELS={}): {}".format(
+        print("CPU settings (afa_d2.execution.runtime, AFA_D2_MALLOC): {}; kernels (AFA_D2_KERNELS={}): {}".format(
             "glibc keeps freed memory" if runtime else "glibc's own allocator behaviour",
             os.environ.get("AFA_D2_KERNELS", "probe"), describe_choices() or "plain (nothing large enough measured)"))
     if not args.train_only:

@@ -327,3 +327,13 @@ def tensor_version(x) -> int:
     """PyTorch's in-place modification counter of a tensor (``_version``)."""
     return x._version
 
+
+
+def nnpack_spatial_convolution(x, weight, bias, padding):
+    """NNPACK's batched convolution (``torch._nnpack_spatial_convolution``, stride 1, NCHW), which PyTorch builds
+    in for x86-64 with AVX2 and ARM but has no public entry for: ``F.conv2d`` picks it only for shapes it deems
+    suited, not for the RoI heads' 14 x 14 maps. Checked on torch 2.4 to 2.14; the caller asks
+    ``torch.backends.nnpack.is_available()`` first."""
+    import torch
+
+    return torch._nnpack_spatial_convolution(x, weight, bias, padding)

@@ -273,7 +273,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
     from afa_d2.evaluation import summarize_results
 
     log_to_file(os.path.join(args.output_dir, "log.txt"))
-    from afa_d2.runtime import configure_cpu_runtime
+    from afa_d2.execution.runtime import configure_cpu_runtime
 
     configure_cpu_runtime("the demo")
 

@@ -7,9 +7,9 @@
 It builds the config's model (a zoo name, a LazyConfig file, or a loaded LazyConfig), loads the
 weights (a path or URL, hash-checked like every afa_d2 load; ``trained=True`` takes the zoo's
 published checkpoint), resizes as the config's test loader does, and runs the model in eval mode
-without gradients. On the CPU it first calls :func:`afa_d2.runtime.configure_cpu_runtime`
+without gradients. On the CPU it first calls :func:`afa_d2.execution.runtime.configure_cpu_runtime`
 (glibc keeps freed memory; logged; ``AFA_D2_MALLOC=default`` turns it off) and
-:func:`afa_d2.runtime.prepare_for_cpu_inference` (threaded RoIAlign and NMS, the RoI heads' FC layers
+:func:`afa_d2.execution.runtime.prepare_for_cpu_inference` (threaded RoIAlign and NMS, the RoI heads' FC layers
 and 3x3 convolutions on the host's faster kernels, channels-last weights).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Predictor:
         check_precision(precision, self.device, force=force_precision)
         self.precision = precision
         if self.device == "cpu":
-            from afa_d2.runtime import configure_cpu_runtime
+            from afa_d2.execution.runtime import configure_cpu_runtime
 
             configure_cpu_runtime("the predictor")
         self.cfg = cfg
@@ -71,7 +71,7 @@ class Predictor:
         self.model = build_model(cfg, path or None, self.device, seed=None,
                                  config_name=config if isinstance(config, str) else "the given config")
         if self.device == "cpu":
-            from afa_d2.runtime import prepare_for_cpu_inference
+            from afa_d2.execution.runtime import prepare_for_cpu_inference
 
             prepare_for_cpu_inference(self.model)
         augs = cfg.dataloader.test.mapper.get("augmentations", None) if "test" in cfg.dataloader else None

@@ -8,7 +8,7 @@ import afa_d2  # noqa: F401  (before any detectron2 import)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The CPU kernel choices the tests make (afa_d2.modeling.kernels probes them on a host busy with tests)
+# The CPU kernel choices the tests make (afa_d2.execution.kernels probes them on a host busy with tests)
 # go to a folder of this run, also for the commands tests start as subprocesses, never to the user's
 # $AFA_D2_CACHE/kernels, where they would steer the user's own runs.
 _KERNEL_CACHE = tempfile.TemporaryDirectory(prefix="afa_d2_test_kernels_")

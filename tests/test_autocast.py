@@ -2,12 +2,12 @@
 
 Autocast and grad mode are thread-local in torch: afa_d2's threaded RoIAlign and per-class NMS run their
 work on a pool of threads, which started without the caller's autocast, so torchvision's ``nms`` saw fp32
-boxes and bf16 scores and raised. ``afa_d2.runtime.pool_map`` runs each task in the caller's state."""
+boxes and bf16 scores and raised. ``afa_d2.execution.runtime.pool_map`` runs each task in the caller's state."""
 import pytest
 import torch
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.runtime import ThreadedROIAlign, pool_map, prepare_for_cpu_inference, threaded_batched_nms
+from afa_d2.execution.runtime import ThreadedROIAlign, pool_map, prepare_for_cpu_inference, threaded_batched_nms
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 

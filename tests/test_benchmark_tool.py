@@ -254,7 +254,7 @@ def test_kernels_mode_times_each_product_every_way_after_checking_they_agree(tmp
         assert r["tokens"] == 32 * 40 and r["keys"] == 2 * 3 + 1 * 2  # p2 32x40; pools of 16: 2x3, of 32: 1x2
         if r["macs"]:
             assert r["gmacs_per_s"] == pytest.approx(r["macs"] / 1e9 / r["latency_s"])
-    import afa_d2.modeling.kernels as K
+    import afa_d2.execution.kernels as K
 
     assert {k: len(v) for k, v in by_product.items()} == {
         "conv3x3": 1, "linear": 2, "attention": 3, "softmax": 1, "box fc1": 2, "mask 3x3": 1 + K.nnpack_available()}

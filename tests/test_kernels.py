@@ -1,4 +1,4 @@
-"""afa_d2.modeling.kernels and afa_d2.runtime: the CPU fast paths equal the reference path, fall back
+"""afa_d2.execution.kernels and afa_d2.execution.runtime: the CPU fast paths equal the reference path, fall back
 where they do not apply, are chosen by a cached probe; the allocator setting is explicit and does
 what it says."""
 import contextlib
@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401
-import afa_d2.modeling.kernels as K
+import afa_d2.execution.kernels as K
 from afa_d2.modeling import AttentionFPN, MSAttention
 from afa_d2.modeling.aggregation import use_reference_path
-from afa_d2.modeling.kernels import kernel_policy
+from afa_d2.execution.kernels import kernel_policy
 
 
 def _count_convs(monkeypatch):
@@ -105,6 +105,34 @@ def test_plain_kernels_where_the_convolutions_do_not_apply(monkeypatch):
         K.token_linear(torch.nn.Linear(32, 32), torch.randn(1, K.MIN_TOKENS - 1, 32), (K.MIN_TOKENS - 1, 1))
         K.rows_linear(torch.nn.Linear(256, 256), torch.randn(K.MIN_ROWS_MACS // 256 ** 2 - 1, 256))
     assert [c for c in calls if c[2:] == (1, 1)] == [], calls
+
+
+def test_import_afa_d2_installs_the_measured_kernels_and_modeling_alone_has_the_plain_ops(monkeypatch):
+    """modeling computes MS-Att with nn.Linear and SDPA; the execution layer's kernels reach it only through
+    use_kernels, which ``import afa_d2`` calls (docs/DESIGN.md, "Layers")."""
+    from afa_d2 import execution
+    from afa_d2.modeling import ms_attention
+
+    installed = ms_attention.token_kernels()
+    assert installed.token_linear is K.token_linear and installed.attend is K.attend
+    m = _attention()
+    x = torch.randn(1, 32, 23, 37)
+    calls = _count_convs(monkeypatch)
+    with kernel_policy("conv"), torch.no_grad():
+        fast = m(x)
+        assert [c for c in calls if c[2:] == (1, 1)], "the measured kernels ran (forced)"
+        calls.clear()
+        previous = ms_attention.use_kernels(ms_attention.TokenKernels())
+        try:
+            plain = m(x)
+        finally:
+            assert ms_attention.use_kernels(previous) == ms_attention.TokenKernels()
+    assert [c for c in calls if c[2:] == (1, 1)] == [], "modeling's own kernels are the plain ops"
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    assert ms_attention.token_kernels() is previous
+    assert execution.install() == previous  # installing again changes nothing
+    with pytest.raises(TypeError, match="TokenKernels"):
+        ms_attention.use_kernels(K.attend)
 
 
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
@@ -358,7 +386,7 @@ _RSS_AFTER_FREE = textwrap.dedent(
     """
     import logging, os, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    from afa_d2.runtime import configure_cpu_runtime
+    from afa_d2.execution.runtime import configure_cpu_runtime
     import torch
 
     def rss():
@@ -390,13 +418,13 @@ def test_keep_freed_memory_is_explicit_logged_and_does_what_it_says(setting):
 
 
 def test_importing_afa_d2_changes_no_allocator_setting():
-    code = "import afa_d2, afa_d2.modeling, afa_d2.model_zoo, afa_d2.runtime as r; print(r._applied)"
+    code = "import afa_d2, afa_d2.modeling, afa_d2.model_zoo, afa_d2.execution.runtime as r; print(r._applied)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "None"
 
 
 def test_bad_allocator_setting_is_named(monkeypatch):
-    from afa_d2.runtime import configure_cpu_runtime
+    from afa_d2.execution.runtime import configure_cpu_runtime
 
     monkeypatch.setenv("AFA_D2_MALLOC", "jemalloc")
     with pytest.raises(ValueError, match="AFA_D2_MALLOC='jemalloc': expected 'keep'"):
@@ -407,7 +435,7 @@ def test_bad_allocator_setting_is_named(monkeypatch):
 def test_threaded_roi_align_is_detectron2s_op_bit_for_bit():
     from detectron2.layers import ROIAlign
 
-    from afa_d2.runtime import ThreadedROIAlign
+    from afa_d2.execution.runtime import ThreadedROIAlign
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 40, 56, generator=g)
@@ -456,7 +484,7 @@ def test_threaded_batched_nms_is_detectron2s_bit_for_bit(monkeypatch, n_classes,
     import torchvision
     from detectron2.layers import batched_nms
 
-    from afa_d2 import runtime
+    from afa_d2.execution import runtime
 
     boxes, scores, idxs = _clustered_boxes(n_classes, per_class)
     threads_used = set()
@@ -481,7 +509,7 @@ def test_threaded_batched_nms_is_detectron2s_bit_for_bit(monkeypatch, n_classes,
 
 
 def _nms_in_forked_child(queue, boxes, scores, idxs, expected):
-    from afa_d2.runtime import threaded_batched_nms
+    from afa_d2.execution.runtime import threaded_batched_nms
 
     with torch_threads(2):
         queue.put(torch.equal(threaded_batched_nms(boxes, scores, idxs, 0.5), expected))
@@ -493,7 +521,7 @@ def test_threaded_ops_work_in_a_child_forked_after_the_pool_started():
 
     from detectron2.layers import batched_nms
 
-    from afa_d2.runtime import threaded_batched_nms
+    from afa_d2.execution.runtime import threaded_batched_nms
 
     boxes, scores, idxs = _clustered_boxes(5, 900)
     expected = batched_nms(boxes, scores, idxs, 0.5)
@@ -518,8 +546,8 @@ def test_cpu_inference_scope_is_counted_and_restored():
     from detectron2.modeling.proposal_generator import proposal_utils
     from detectron2.modeling.roi_heads import fast_rcnn
 
-    from afa_d2 import runtime
-    from afa_d2.runtime import cpu_inference_scope, threaded_batched_nms
+    from afa_d2.execution import runtime
+    from afa_d2.execution.runtime import cpu_inference_scope, threaded_batched_nms
 
     x = torch.randn(1, 8, 12, 16).contiguous(memory_format=torch.channels_last)
     assert runtime._nchw(x) is not runtime._nchw(x)  # outside a scope: a fresh copy each time
@@ -537,9 +565,10 @@ def test_cpu_inference_scope_is_counted_and_restored():
 
 
 def test_prepare_for_cpu_inference_keeps_the_detections(monkeypatch):
-    from afa_d2 import benchmark, runtime
-    from afa_d2.modeling.kernels import BatchedConv2d, RowsLinear
-    from afa_d2.runtime import ThreadedROIAlign, prepare_for_cpu_inference
+    from afa_d2 import benchmark
+    from afa_d2.execution import runtime
+    from afa_d2.execution.kernels import BatchedConv2d, RowsLinear
+    from afa_d2.execution.runtime import ThreadedROIAlign, prepare_for_cpu_inference
 
     calls = []
     original = runtime.threaded_batched_nms

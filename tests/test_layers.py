@@ -3,7 +3,7 @@
 Every import of an ``afa_d2`` module is read from the source, those inside functions included (they hide
 a dependency from the reader, not from this test), and each module is placed in its layer:
 
-    storage   <- hub, compat, config   <- modeling, data, evaluation, solver   <- runtime   <- engine
+    storage   <- hub, compat, config   <- modeling, data, evaluation, solver   <- execution   <- engine
         <- model_zoo   <- the applications (analysis, benchmark, export, visualize, tables, predictor,
            demo, study, env)
 
@@ -21,7 +21,7 @@ LAYERS = [
     ("storage",),
     ("hub", "compat", "config"),
     ("modeling", "data", "evaluation", "solver"),
-    ("runtime",),
+    ("execution",),
     ("engine",),
     ("model_zoo",),
     ("analysis", "benchmark", "export", "visualize", "tables", "predictor", "demo", "study", "env", "cli"),

@@ -46,7 +46,7 @@ def do_test(cfg, model, precision: str = "fp32") -> Dict[str, Any]:
     if evaluator is None:
         return {}
     if str(cfg.train.device) == "cpu":  # the same values, the RoIs split over the threads
-        from afa_d2.runtime import prepare_for_cpu_inference
+        from afa_d2.execution.runtime import prepare_for_cpu_inference
 
         prepare_for_cpu_inference(model, channels_last=False)
     if precision != "fp32":
@@ -75,7 +75,7 @@ def do_eval_only(cfg, *, resume: bool = False, precision: str = "fp32",
         logger.warning("--eval-only without train.init_checkpoint: evaluating randomly initialized weights")
     checkpointer.load(path)
     if str(cfg.train.device) == "cpu":
-        from afa_d2.runtime import prepare_for_cpu_inference
+        from afa_d2.execution.runtime import prepare_for_cpu_inference
 
         prepare_for_cpu_inference(model)
     model = create_ddp_model(model)

@@ -102,7 +102,7 @@ def train_and_time(cfg, config: str, opts: Sequence[str] = (), *, resume: bool =
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     default_setup(cfg, argparse.Namespace(config_file=_config_file(config), opts=list(opts), eval_only=False))
     if cfg.train.device == "cpu":
-        from afa_d2.runtime import configure_cpu_runtime
+        from afa_d2.execution.runtime import configure_cpu_runtime
 
         configure_cpu_runtime("training {}".format(config))
     t0 = time.perf_counter()

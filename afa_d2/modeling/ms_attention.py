@@ -20,22 +20,30 @@ hidden tokens, and the residual adds are in place on fresh linear outputs.
 :meth:`MSAttention.forward_reference` is the straightforward transcription (NCHW in and out,
 transposes, out-of-place adds), kept to test the fast path against (fp32, 1e-4) and to
 benchmark it (``python tools/benchmark.py --reference``).
+
+The fast path's two large products on a big map, the token linears and the attention itself, go through
+:class:`TokenKernels`: the plain ops here (``nn.Linear``, SDPA). Which faster kernel a host has is not
+model code; the CPU execution layer (:mod:`afa_d2.execution`) installs its measured kernels with
+:func:`use_kernels` (docs/DESIGN.md, "Layers").
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import attend, token_linear
-
 __all__ = [
     "MSAttention",
+    "TokenKernels",
+    "plain_attend",
+    "plain_token_linear",
+    "token_kernels",
+    "use_kernels",
     "check_attention_args",
     "DWMLP",
     "POOLING_TYPES",
@@ -49,6 +57,58 @@ __all__ = [
 ]
 
 POOLING_TYPES = ("multi_scale", "single_scale", "adaptive")
+
+
+def plain_token_linear(linear: nn.Linear, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+    """``linear(x)`` for tokens x of shape (N, H*W, C_in) on an H x W grid -> (N, H*W, C_out)."""
+    return linear(x)
+
+
+def plain_attend(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Tensor:
+    """Multi-head attention of query tokens over pooled keys and values, by SDPA.
+
+    Args:
+        q: Tensor of shape (N, H*W, C), query tokens (heads along C, head-major); not scaled.
+        k, v: Tensors of shape (N, heads, M, C/heads).
+        feat_size: (H, W) of the query grid (unused here; a kernel that works on the grid needs it).
+
+    Returns:
+        Tensor of shape (N, H*W, C): ``softmax(Q K^T / sqrt(C/heads)) V``, heads concatenated.
+    """
+    n, hw, c = q.shape
+    heads = k.shape[1]
+    q4 = q.view(n, hw, heads, c // heads).transpose(1, 2)  # (N, heads, H*W, C/heads), a view
+    att = F.scaled_dot_product_attention(q4, k, v)  # (N, heads, H*W, C/heads)
+    return att.transpose(1, 2).reshape(n, hw, c)  # (N, H*W, C)
+
+
+@dataclass(frozen=True)
+class TokenKernels:
+    """The functions that compute MS-Att's large products, with :func:`plain_token_linear` and
+    :func:`plain_attend`'s signatures. A replacement must compute the same values (it may pick another
+    kernel by host, size or precision) and fall back to the plain op where it does not apply."""
+
+    token_linear: Callable[[nn.Linear, Tensor, Tuple[int, int]], Tensor] = plain_token_linear
+    attend: Callable[[Tensor, Tensor, Tensor, Tuple[int, int]], Tensor] = plain_attend
+
+
+_kernels = TokenKernels()
+
+
+def token_kernels() -> TokenKernels:
+    """The kernels every MS-Att block of this process uses now."""
+    return _kernels
+
+
+def use_kernels(kernels: TokenKernels) -> TokenKernels:
+    """Make every MS-Att block of this process compute its large products with ``kernels``; returns the
+    previous ones (to restore them). Process-wide, not per model: a model built by ``instantiate`` or
+    detectron2's ``build_model`` in a user's own script takes them too."""
+    global _kernels
+    if not isinstance(kernels, TokenKernels):
+        raise TypeError("use_kernels takes a TokenKernels, got {!r}".format(kernels))
+    previous, _kernels = _kernels, kernels
+    return previous
 
 
 def _positive_int(value) -> bool:
@@ -206,13 +266,13 @@ class DWMLP(nn.Module):
         """
         n = x.shape[0]
         h, w = feat_size
-        x = token_linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
+        x = _kernels.token_linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
         hidden = x.shape[-1]
         # (N, H, W, hidden) permuted to (N, hidden, H, W): a channels_last view, no copy; the
         # depth-wise conv keeps channels_last, so its output is again a view of tokens
         x = self.dwconv(x.view(n, h, w, hidden).permute(0, 3, 1, 2))
         x = x.permute(0, 2, 3, 1).reshape(n, h * w, hidden)  # (N, H*W, hidden)
-        return token_linear(self.fc2, self.act(x).contiguous(), feat_size)
+        return _kernels.token_linear(self.fc2, self.act(x).contiguous(), feat_size)
 
     def forward_reference(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         """The straightforward :meth:`forward` (NCHW transposes), for tests and benchmarks."""
@@ -379,15 +439,15 @@ class MSAttention(nn.Module):
         f_kv = self.kv_tokens(x_kv)  # (N, M, C)
         m = f_kv.shape[1]
 
-        q = token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
+        q = _kernels.token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
         kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C): few tokens, the plain linear
         kv = kv.view(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
         k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
         if q.dtype != k.dtype:  # autocast may leave them apart
             k, v = k.to(q.dtype), v.to(q.dtype)
 
-        att = attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or grouped 1x1 convs (kernels.py)
-        x = token_linear(self.proj, att.contiguous(), feat_size)
+        att = _kernels.attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or the host's kernel (TokenKernels)
+        x = _kernels.token_linear(self.proj, att.contiguous(), feat_size)
         x = _add_residual(x, f_q)  # eq. (7), inner sum f_q + Att
         if self.checkpoint_mlp and x.requires_grad and torch.is_grad_enabled():
             y = checkpoint(self._mlp_branch, x, feat_size, use_reentrant=False)

@@ -16,7 +16,7 @@ are split over the intra-op threads, the same values); while the model runs, det
 per-class NMS (RPN levels, box head classes) runs its classes on the intra-op threads
 (:func:`threaded_batched_nms`, the same indices) and the RoIAlign calls share one NCHW copy of each
 feature map (:func:`cpu_inference_scope`); the RoI heads' FC layers and 3x3 convolutions take the
-host's faster kernels (:class:`afa_d2.modeling.kernels.RowsLinear` and ``BatchedConv2d``, chosen by a
+host's faster kernels (:class:`afa_d2.execution.kernels.RowsLinear` and ``BatchedConv2d``, chosen by a
 measurement, within 1e-5); and optionally the weights go channels-last (oneDNN then needs no layout
 conversion around each convolution, and MS-Att's token views of the pyramid maps need no copies).
 
@@ -367,7 +367,7 @@ def _scope_hook(module, args, output) -> None:
 def prepare_for_cpu_inference(model, *, channels_last: bool = True):
     """Make ``model`` (a detectron2 R-CNN, on the CPU) faster at inference, same outputs: threaded
     ``ROIAlign`` in its poolers, the RoI heads' FC layers and 3x3 convolutions as
-    :class:`~afa_d2.modeling.kernels.RowsLinear` and :class:`~afa_d2.modeling.kernels.BatchedConv2d`
+    :class:`~afa_d2.execution.kernels.RowsLinear` and :class:`~afa_d2.execution.kernels.BatchedConv2d`
     (the host's faster kernels without autograd, the same parameters and state_dict), its forward inside
     :func:`cpu_inference_scope` (threaded per-class NMS, one NCHW copy of each map for the RoIAlign
     calls; through forward hooks), and with ``channels_last`` its weights in channels-last memory format
@@ -378,7 +378,7 @@ def prepare_for_cpu_inference(model, *, channels_last: bool = True):
     from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead
     from torch import nn
 
-    from afa_d2.modeling.kernels import BatchedConv2d, RowsLinear
+    from afa_d2.execution.kernels import BatchedConv2d, RowsLinear
 
     swapped = linears = convs = 0
     for module in list(model.modules()):

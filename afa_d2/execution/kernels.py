@@ -8,7 +8,7 @@ Two products dominate MS-Att on a large map (p2 at 800x1333 is 200x336 = 67,200 
 * the box head's fully connected layers on the RoIs (fc1: 1,000 x 12,544 -> 1,024 at test time, about
   as many multiply-adds as all of MS-Att's Q projections): ``F.linear`` on (R, C_in) rows, or a 1x1
   convolution of the same rows viewed as a channels-last (1, C_in, R, 1) map
-  (:func:`rows_linear`, :class:`RowsLinear`, installed by :func:`afa_d2.runtime.prepare_for_cpu_inference`);
+  (:func:`rows_linear`, :class:`RowsLinear`, installed by :func:`afa_d2.execution.runtime.prepare_for_cpu_inference`);
 * the mask head's 3x3 convolutions on the detections (100 x 256 x 14 x 14 at 800x1333, four of them,
   about as many multiply-adds as one 3x3 convolution of p2): oneDNN's direct convolution, or NNPACK's
   batched convolution (:class:`BatchedConv2d`, also installed by ``prepare_for_cpu_inference``), which
@@ -67,7 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from afa_d2.compat import autocast_state
+from afa_d2.compat import autocast_state, nnpack_spatial_convolution
+from afa_d2.modeling.ms_attention import plain_attend
 
 __all__ = [
     "KERNELS_ENV",
@@ -295,7 +296,7 @@ def _probe_attention(dim: int, heads: int) -> Dict[str, float]:
 
 def _nnpack_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """3x3, stride 1, padding 1 convolution of NCHW ``x`` by NNPACK (NCHW out)."""
-    return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [1, 1])
+    return nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [1, 1])
 
 
 def _probe_conv3x3(cin: int, cout: int, h: int, w: int) -> Dict[str, float]:
@@ -350,7 +351,7 @@ def linear_ways(x: Tensor, weight: Tensor, bias: Optional[Tensor],
 
 def attention_ways(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Dict[str, Callable[[], Tensor]]:
     """SDPA and the grouped 1x1 convolutions (see :func:`attend` for the shapes): {"plain": ..., "conv": ...}."""
-    return {"plain": lambda: _attend_sdpa(q, k, v), "conv": lambda: _attend_conv(q, k, v, feat_size)}
+    return {"plain": lambda: plain_attend(q, k, v, feat_size), "conv": lambda: _attend_conv(q, k, v, feat_size)}
 
 
 def conv3x3_ways(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Callable[[], Tensor]]:
@@ -451,7 +452,7 @@ def rows_linear(linear: nn.Linear, x: Tensor) -> Tensor:
 class RowsLinear(nn.Linear):
     """An ``nn.Linear`` whose forward is :func:`rows_linear`: the same parameters, state_dict and values.
 
-    :func:`afa_d2.runtime.prepare_for_cpu_inference` puts one in place of each fully connected layer of
+    :func:`afa_d2.execution.runtime.prepare_for_cpu_inference` puts one in place of each fully connected layer of
     detectron2's box head (:meth:`from_linear` shares the layer's parameters).
     """
 
@@ -476,7 +477,7 @@ class BatchedConv2d(_detectron2_conv2d()):
     least as accurate (``"conv3x3"``), else oneDNN. Norm and activation as detectron2's; the output is
     NCHW on NNPACK's path (the next layer's convolution takes either layout).
 
-    :func:`afa_d2.runtime.prepare_for_cpu_inference` puts one in place of each such convolution of the
+    :func:`afa_d2.execution.runtime.prepare_for_cpu_inference` puts one in place of each such convolution of the
     mask head and the box head (:meth:`from_conv` shares the layer's parameters and modules).
     """
 
@@ -505,14 +506,6 @@ class BatchedConv2d(_detectron2_conv2d()):
                 x = self.activation(x)
             return x
         return super().forward(x)
-
-
-def _attend_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    n, hw, c = q.shape
-    heads = k.shape[1]
-    q4 = q.view(n, hw, heads, c // heads).transpose(1, 2)  # (N, heads, H*W, C/heads), a view
-    att = F.scaled_dot_product_attention(q4, k, v)  # (N, heads, H*W, C/heads)
-    return att.transpose(1, 2).reshape(n, hw, c)  # (N, H*W, C)
 
 
 def _attend_conv(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Tensor:
@@ -548,4 +541,4 @@ def attend(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Tenso
     if (not grad and _applies(q) and (k.dtype == q.dtype or _precision() == "bf16")
             and _use_conv("attention", (q.shape[2], k.shape[1]), q.shape[1] >= MIN_TOKENS)):
         return _attend_conv(q, k, v, feat_size)
-    return _attend_sdpa(q, k, v)
+    return plain_attend(q, k, v, feat_size)
