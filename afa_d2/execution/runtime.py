@@ -382,7 +382,7 @@ def prepare_for_cpu_inference(model, *, channels_last: bool = True):
 
     swapped = linears = convs = 0
     for module in list(model.modules()):
-        # the RoI heads' FC layers and 3x3 convolutions: the host's faster kernels (modeling/kernels.py)
+        # the RoI heads' FC layers and 3x3 convolutions: the host's faster kernels (kernels.py)
         if isinstance(module, (FastRCNNConvFCHead, BaseMaskRCNNHead)):
             for name, child in list(module.named_children()):  # replaced in place: the same order
                 if type(child) is nn.Linear:
