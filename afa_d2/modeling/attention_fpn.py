@@ -11,7 +11,7 @@ same outputs.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import fvcore.nn.weight_init as weight_init
 from detectron2.config import configurable
@@ -159,6 +159,43 @@ def _check_top_block(top_block, input_shapes: Mapping[str, ShapeSpec], levels: S
         raise ValueError("top_block {} takes {} channels from {!r}, which has {} (in_channels={} would fit)".format(
             type(top_block).__name__, first.in_channels, source, channels, channels))
 
+def _check_options(start_as_fpn, upsample_mode, fuse_type, square_pad) -> None:
+    """AttentionFPN's scalar options, each refused with its value and the valid ones."""
+    if not isinstance(start_as_fpn, bool):
+        raise ValueError("start_as_fpn must be a bool, got {!r}".format(start_as_fpn))
+    if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
+        raise ValueError("unknown upsample_mode {!r}; valid: {} or None".format(upsample_mode, list(UPSAMPLE_MODES)))
+    if fuse_type != "sum":
+        raise ValueError("fuse_type {!r} is not supported; valid: ['sum'] (the operator fuses)".format(fuse_type))
+    if not isinstance(square_pad, int) or square_pad < 0:
+        raise ValueError("square_pad must be an int >= 0, got {!r}".format(square_pad))
+
+
+def _fpn_convs(in_channels: Sequence[int], out_channels: int, norm: str) -> Tuple[List[nn.Module], List[nn.Module]]:
+    """The lateral 1x1 and output 3x3 convolutions of every level, high to low resolution, initialised as
+    detectron2's FPN initialises them (bias only without a norm)."""
+    use_bias = norm == ""
+    lateral_convs, output_convs = [], []
+    for c_in in in_channels:
+        lateral_conv = Conv2d(c_in, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels))
+        output_conv = Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
+                             norm=get_norm(norm, out_channels))
+        weight_init.c2_xavier_fill(lateral_conv)
+        weight_init.c2_xavier_fill(output_conv)
+        lateral_convs.append(lateral_conv)
+        output_convs.append(output_conv)
+    return lateral_convs, output_convs
+
+
+def _output_strides(levels: Sequence[str], strides: Sequence[int], top_block: Optional[nn.Module]) -> Dict[str, int]:
+    """Output name -> stride: the pyramid's levels, then the top block's extra levels (p6, p7)."""
+    out = {lvl: s for lvl, s in zip(levels, strides)}
+    if top_block is not None:
+        stage = int(math.log2(strides[-1]))
+        for s in range(stage, stage + top_block.num_levels):
+            out["p{}".format(s + 1)] = 2 ** (s + 1)
+    return out
+
 
 class AttentionFPN(Backbone):
     """Feature pyramid with attention-based aggregation (MSSA / MSCA, paper §3).
@@ -241,49 +278,16 @@ class AttentionFPN(Backbone):
             adaptive_pool_size=adaptive_pool_size, mlp_ratio=mlp_ratio, checkpoint_mlp=checkpoint_mlp,
             where="AttentionFPN", dim_name="out_channels", strides_name="pool_strides",
         )
-        if not isinstance(start_as_fpn, bool):
-            raise ValueError("start_as_fpn must be a bool, got {!r}".format(start_as_fpn))
+        _check_options(start_as_fpn, upsample_mode, fuse_type, square_pad)
         if start_as_fpn:
             _check_start_as_sum(ops, levels, norm)
-        if upsample_mode is not None and upsample_mode not in UPSAMPLE_MODES:
-            raise ValueError(
-                "unknown upsample_mode {!r}; valid: {} or None".format(
-                    upsample_mode, list(UPSAMPLE_MODES)
-                )
-            )
-        if fuse_type != "sum":
-            raise ValueError(
-                "fuse_type {!r} is not supported; valid: ['sum'] (the operator fuses)".format(
-                    fuse_type
-                )
-            )
-        if not isinstance(square_pad, int) or square_pad < 0:
-            raise ValueError("square_pad must be an int >= 0, got {!r}".format(square_pad))
         _check_top_block(top_block, bottom_up.output_shape(), levels, strides[-1], out_channels)
 
         # ---- modules, named as detectron2's FPN names them. The convolutions every operator has are
         # built first, the operators after them: with the same random state, two pyramids that differ
         # only in their operators start with the same lateral and output convolutions
         # (docs/DESIGN.md, "Paired initialisation").
-        use_bias = norm == ""
-        lateral_convs, output_convs = [], []
-        for c_in in in_channels:
-            lateral_conv = Conv2d(
-                c_in, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels)
-            )
-            output_conv = Conv2d(
-                out_channels,
-                out_channels,
-                kernel_size=3,
-                stride=1,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(norm, out_channels),
-            )
-            weight_init.c2_xavier_fill(lateral_conv)
-            weight_init.c2_xavier_fill(output_conv)
-            lateral_convs.append(lateral_conv)
-            output_convs.append(output_conv)
+        lateral_convs, output_convs = _fpn_convs(in_channels, out_channels, norm)
         aggregations = [
             build_aggregation(
                 ops[levels[idx]],
@@ -318,11 +322,7 @@ class AttentionFPN(Backbone):
         self.levels = tuple(levels)
         self.level_ops: Dict[str, str] = dict(ops)
         self.fpn_norm = norm
-        self._out_feature_strides = {lvl: s for lvl, s in zip(levels, strides)}
-        if top_block is not None:
-            stage = int(math.log2(strides[-1]))
-            for s in range(stage, stage + top_block.num_levels):
-                self._out_feature_strides["p{}".format(s + 1)] = 2 ** (s + 1)
+        self._out_feature_strides = _output_strides(levels, strides, top_block)
         self._out_features = list(self._out_feature_strides.keys())
         self._out_feature_channels = {k: out_channels for k in self._out_features}
         self._size_divisibility = max(strides[-1], int(getattr(bottom_up, "size_divisibility", 0)))
