@@ -237,3 +237,19 @@ def test_fast_operator_equals_reference_forward_and_backward(name, channels_last
     for g_fast, g_ref in zip(grads[1], grads[0]):
         assert g_fast is not None and g_ref is not None
         assert _max_err(g_fast, g_ref) < 1e-4 * max(1.0, g_ref.abs().max().item())
+
+
+def test_the_registry_names_the_default_and_reads_operators_from_weights():
+    """AttentionFPN's default and the publisher's "which operator is in these weights" come from the registry."""
+    from afa_d2.model_zoo.publish import _operator_from_weights
+    from afa_d2.modeling.aggregation import AGGREGATION_OPS, default_operator, operators_with_modules
+
+    assert default_operator() == "mssa" and AGGREGATION_OPS[default_operator()].is_default
+    assert operators_with_modules([]) == ["sum"]
+    assert operators_with_modules(["fuse"]) == ["concat"]
+    assert operators_with_modules(["attn", "extra"]) == ["msca", "mssa"]  # the weights cannot tell them apart
+    for op, expected in (("sum", "sum"), ("concat", "concat"), ("msca", "msca/mssa")):
+        agg = build_aggregation(op, 8)
+        weights = {"backbone.fpn_aggregation3." + k: v for k, v in agg.state_dict().items()}
+        weights["backbone.fpn_lateral3.weight"] = torch.zeros(1)
+        assert _operator_from_weights(weights) == expected, op

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from afa_d2.modeling.aggregation import baseline_operator
+from afa_d2.modeling.aggregation import baseline_operator, operators_with_modules
 from afa_d2.hub import HASH_PREFIX_RE, hashed_name, sha256_of, verify_file
 from .paper import PAPER_RESULTS
 from .zoo import INDEX_NAME
@@ -233,13 +233,17 @@ def publish_checkpoint(
 
 
 def _operator_from_weights(weights: Dict[str, torch.Tensor]) -> str:
-    """The aggregation operator(s) a state dict's neck holds, from its module names."""
-    ops = set()
-    for level in sorted({k.split(".")[1] for k in weights if k.startswith("backbone.fpn_aggregation")}):
-        keys = [k for k in weights if k.startswith("backbone.{}.".format(level))]
-        ops.add("attention" if any(".attn." in k for k in keys) else "concat" if any(".fuse." in k for k in keys)
-                else "sum")
-    return "/".join(sorted(ops)) if ops else "sum"
+    """The aggregation operator(s) a state dict's neck holds, from its module names: the registry's names,
+    "/"-joined where the weights cannot tell operators apart or the levels differ."""
+    levels: Dict[str, set] = {}
+    for k in weights:
+        parts = k.split(".")
+        if k.startswith("backbone.fpn_aggregation") and len(parts) > 2:
+            levels.setdefault(parts[1], set()).add(parts[2])
+        elif k.startswith("backbone.fpn_aggregation"):
+            levels.setdefault(parts[1], set())
+    ops = {name for children in levels.values() for name in operators_with_modules(children)}
+    return "/".join(sorted(ops)) if ops else baseline_operator()
 
 
 def read_metadata(path: str) -> Dict[str, Any]:

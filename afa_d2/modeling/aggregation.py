@@ -27,7 +27,7 @@ nearest, FPN's. "msca" cannot (:data:`MSCA_CANNOT_START_AS_SUM`) and raises Valu
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, Iterable, List, Optional, Tuple, Type
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -49,7 +49,9 @@ __all__ = [
     "MSCAAggregation",
     "baseline_operator",
     "build_aggregation",
+    "default_operator",
     "operator_label",
+    "operators_with_modules",
     "resize_to",
     "use_checkpoint_mlp",
     "use_reference_path",
@@ -99,6 +101,10 @@ class Aggregation(nn.Module):
     is_baseline = False
     #: whether :meth:`init_as_sum` can make the operator compute FPN's sum
     can_start_as_sum = True
+    #: the operator AttentionFPN builds when none is named (the paper's MSSA)
+    is_default = False
+    #: the submodules that hold this operator's own weights (how a state dict shows which operator it has)
+    own_modules: Tuple[str, ...] = ()
 
     @classmethod
     def build(cls, channels: int, *, norm: str, upsample_mode: Optional[str], num_heads: int, pooling: str,
@@ -194,6 +200,7 @@ class ConcatAggregation(Aggregation):
     """
 
     label = "concat (FPN-cat)"
+    own_modules = ("fuse",)
 
     @classmethod
     def build(cls, channels, *, norm, upsample_mode, top, start_as_fpn, **_unused):
@@ -247,6 +254,7 @@ class ConcatAggregation(Aggregation):
 class _AttentionAggregation(Aggregation):
     default_upsample_mode = "bilinear"
     uses_attention = True
+    own_modules = ("attn",)
 
     @classmethod
     def build(cls, channels, *, num_heads, pooling, pool_stride, adaptive_pool_size, mlp_ratio, upsample_mode,
@@ -307,6 +315,7 @@ class MSSAAggregation(_AttentionAggregation):
     """
 
     label = "MSSA"
+    is_default = True
 
     def forward_fast(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
         if top_down is None:
@@ -396,6 +405,21 @@ AGGREGATION_OPS: Dict[str, Type[Aggregation]] = {
 def baseline_operator() -> str:
     """The registry name of the operator the others are compared against (FPN's sum)."""
     return next(name for name, cls in AGGREGATION_OPS.items() if cls.is_baseline)
+
+
+def default_operator() -> str:
+    """The registry name of the operator AttentionFPN builds when none is named."""
+    return next(name for name, cls in AGGREGATION_OPS.items() if cls.is_default)
+
+
+def operators_with_modules(module_names: Iterable[str]) -> List[str]:
+    """The registry names of the operators whose own weights a level of a state dict holds, given the names of
+    that level's direct submodules (``fuse``, ``attn``, ...): those owning the most of them. Several when the
+    weights cannot tell them apart (MSSA and MSCA have the same modules)."""
+    present = set(module_names)
+    fits = {name: len(cls.own_modules) for name, cls in AGGREGATION_OPS.items() if set(cls.own_modules) <= present}
+    best = max(fits.values())
+    return sorted(name for name, n in fits.items() if n == best)
 
 
 def operator_label(name: str) -> str:

@@ -25,6 +25,7 @@ from .aggregation import (
     UPSAMPLE_MODES,
     baseline_operator,
     build_aggregation,
+    default_operator,
 )
 from .ms_attention import check_attention_args
 
@@ -211,7 +212,7 @@ class AttentionFPN(Backbone):
         in_features: Sequence[str],
         out_channels: int = 256,
         *,
-        aggregation: Union[str, Mapping[str, str]] = "mssa",
+        aggregation: Union[str, Mapping[str, str], None] = None,
         attention_levels: Optional[Sequence[str]] = None,
         pooling: str = "multi_scale",
         pool_strides: Optional[Sequence[int]] = None,
@@ -232,9 +233,10 @@ class AttentionFPN(Backbone):
             in_features (list[str]): bottom-up maps used, high to low resolution, strides
                 log2-contiguous, e.g. ``["res2", "res3", "res4", "res5"]``.
             out_channels (int): channels C of ``F_i`` and of every output.
-            aggregation (str or dict[str, str]): the operator ("sum", "concat", "mssa", "msca")
+            aggregation (str or dict[str, str] or None): the operator ("sum", "concat", "mssa", "msca")
                 used on ``attention_levels``; or a dict mapping a level ("p2".."p5") to an
-                operator, levels left out using "sum" (then ``attention_levels`` is not used).
+                operator, levels left out using "sum" (then ``attention_levels`` is not used);
+                None: the registry's default operator (MSSA, ``default_operator()``).
             attention_levels (list[str] or None): levels using ``aggregation`` when it is a str; the
                 others use "sum" (paper Table 4). Names are this pyramid's levels
                 ``p<log2 stride>`` of ``in_features`` (p2..p5 for res2..res5, p3..p5 for res3..res5);
@@ -270,7 +272,7 @@ class AttentionFPN(Backbone):
         in_features, strides, in_channels, levels = _pyramid_levels(bottom_up, in_features)
         if not _positive_int(out_channels):
             raise ValueError("out_channels must be a positive int, got {!r}".format(out_channels))
-        ops = _level_operators(aggregation, attention_levels, levels)
+        ops = _level_operators(default_operator() if aggregation is None else aggregation, attention_levels, levels)
         pool_strides = _level_pool_strides(pool_strides, in_features, strides, levels)
         # checked whatever the operators, so that a typo never hides behind "sum"
         check_attention_args(
