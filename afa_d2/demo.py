@@ -129,19 +129,15 @@ def default_workers() -> int:
     return cpu_loader_workers()
 
 
-def _load_config(args, names: Dict[str, str]):
-    """The demo's config as ``train_net.py`` loads it (:func:`afa_d2.engine.load_config`), then set
-    to the demo's datasets, output folder, CPU and seed."""
-    from afa_d2.engine import load_config
+def _load_config(args, num_train: int):
+    """The demo's config: the zoo trainer's set-up (:func:`afa_d2.model_zoo.train.shapes_config`) on the demo's
+    splits, output folder, CPU, seed and loader workers."""
+    from afa_d2.model_zoo.train import shapes_config
 
-    cfg = load_config(args.config_file or default_config_file(), list(args.opts or []))
-    cfg.dataloader.train.dataset.names = names["train"]
-    cfg.dataloader.test.dataset.names = names["val"]
-    cfg.train.output_dir = args.output_dir
-    cfg.train.device = "cpu"
-    cfg.train.seed = args.seed
-    cfg.dataloader.train.num_workers = default_workers() if args.workers is None else args.workers
-    return cfg
+    return shapes_config(args.config_file or default_config_file(), args.output_dir, num_train=num_train,
+                         num_val=args.num_val, seed=args.seed,
+                         workers=default_workers() if args.workers is None else args.workers,
+                         opts=list(args.opts or []), device="cpu")
 
 
 def _time_steps(cfg, num_steps: int = 5, threads: Sequence[int] = ()) -> Dict[str, float]:
@@ -221,23 +217,19 @@ def draw_predictions(cfg, checkpoint: str, dataset_name: str, path: str, num_ima
     import torch
     from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
 
+    from afa_d2.data import read_image
     from afa_d2.model_zoo.build import build_model
 
     model = build_model(cfg, checkpoint, cfg.train.device, seed=None, config_name="the demo's config")
     metadata = MetadataCatalog.get(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)[:num_images]
-    test_loader = instantiate(cfg.dataloader.test)
-    mapper = test_loader.dataset._map_func if hasattr(test_loader.dataset, "_map_func") else None
+    mapper = instantiate(cfg.dataloader.test.mapper)  # the test loader's own mapping: its resize and format
     rows = []
     for record in dicts:
-        rgb = read_image(record["file_name"], format="RGB")
-        if mapper is not None:
-            inputs = mapper(dict(record))
-        else:  # pragma: no cover - detectron2 always wraps the mapper
-            inputs = dict(record, image=torch.as_tensor(rgb[:, :, ::-1].copy()).permute(2, 0, 1))
+        rgb = read_image(record["file_name"], "RGB")
+        inputs = mapper(dict(record))
         with torch.no_grad():
             instances = model([inputs])[0]["instances"].to("cpu")
         instances = instances[instances.scores >= score_thresh]
@@ -268,9 +260,9 @@ def run_demo(args: argparse.Namespace) -> Dict:
 
     import afa_d2.data  # noqa: F401  (registers shapes_train / shapes_val)
     from afa_d2.data import shapes_split_names
-    from afa_d2.engine import do_train, fit_schedule_to_iters, resolve_epoch_schedule
     from afa_d2.engine.runs import log_to_file
     from afa_d2.evaluation import summarize_results
+    from afa_d2.model_zoo.train import fit_run_schedule, train_and_time
 
     log_to_file(os.path.join(args.output_dir, "log.txt"))
     from afa_d2.execution.runtime import configure_cpu_runtime
@@ -286,7 +278,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
     t_data = time.perf_counter() - t0
     print("      ready in {:.0f} s".format(t_data), flush=True)
 
-    cfg = _load_config(args, names)
+    cfg = _load_config(args, args.num_train)
     timing: Dict[str, float] = {}
     deadline = refresh = None
     if args.max_iter is not None:
@@ -315,19 +307,18 @@ def run_demo(args: argparse.Namespace) -> Dict:
               "fit in the {:g}-minute budget; re-sized from the measured speed while training".format(
                   timing["train_step_s"], timing["infer_image_s"], int(timing["threads"]), max_iter,
                   args.minutes), flush=True)
-    fit_schedule_to_iters(cfg, num_train, max_iter)
-    info = resolve_epoch_schedule(cfg, num_images=num_train)
+    info = fit_run_schedule(cfg, num_train, max_iter)
     logger.info("%s", info.summary())
 
     print("[3/4] training Mask R-CNN ({}) on {}; log: {}".format(
         cfg.model.backbone.aggregation, names["train"], os.path.join(args.output_dir, "log.txt")), flush=True)
     t0 = time.perf_counter()
-    results = do_train(cfg, resume=False, progress_bar=True, deadline=deadline, refresh_deadline=refresh)
+    results = train_and_time(cfg, args.config_file or DEFAULT_CONFIG, list(args.opts or []), inference_images=0,
+                             console_log=False, progress_bar=True, deadline=deadline,
+                             refresh_deadline=refresh)["results"]
     t_train_eval = time.perf_counter() - t0
     metrics = summarize_results(results)
     checkpoint = os.path.join(args.output_dir, "model_final.pth")
-    if not os.path.isfile(checkpoint):
-        raise RuntimeError("training finished without writing {}".format(checkpoint))
 
     print("[4/4] drawing predictions on {} val images ...".format(args.num_vis), flush=True)
     png = None

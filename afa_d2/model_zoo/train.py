@@ -1,9 +1,9 @@
 """Train and publish the built-in-dataset model zoo in one command (``tools/train_model_zoo.py``).
 
 For each config (default :data:`ZOO_CONFIGS`: Mask R-CNN with sum, concat, MSSA and MSCA,
-Cascade Mask R-CNN with MSCA, RetinaNet and FCOS with sum, MSSA and MSCA, all on ``shapes``), in its own process (so that its peak memory is its
-own): train ``max_iter`` iterations with the config's schedule re-sized to that length
-(:func:`afa_d2.engine.fit_schedule_to_iters`), evaluate on the val split, time inference per val
+Cascade Mask R-CNN with MSCA, RetinaNet and FCOS with sum, MSSA and MSCA, all on ``shapes``), in its own
+process (so that its peak memory is its own): train ``max_iter`` iterations with the config's schedule
+re-sized to that length (:func:`afa_d2.engine.fit_schedule_to_iters`), evaluate on the val split, time inference per val
 image. Then publish each final checkpoint into the zoo folder (:func:`~.publish.publish_checkpoint`,
 named by hash, with its metadata), rewrite the zoo's index and ``MODEL_ZOO.md`` from the published
 files. A config whose run folder already holds a finished run (``zoo_run.json``) is not trained
@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Dict, Optional, Sequence
 
-__all__ = ["ZOO_CONFIGS", "DEFAULT_MAX_ITER", "shapes_run_config", "train_and_time", "train_one", "train_zoo", "main"]
+__all__ = ["ZOO_CONFIGS", "DEFAULT_MAX_ITER", "fit_run_schedule", "shapes_config", "shapes_run_config",
+           "train_and_time", "train_one", "train_zoo", "main"]
 
 ZOO_CONFIGS = (
     "shapes/mask_rcnn_R_18_sum.py",
@@ -43,21 +44,16 @@ INFERENCE_IMAGES = 20
 RUN_RECORD = "zoo_run.json"
 
 
-def shapes_run_config(config: str, run_dir: str, *, max_iter: int, num_train: int, num_val: int, seed: int = 0,
-                      workers: Optional[int] = None, opts: Sequence[str] = (), device: Optional[str] = None,
-                      checkpoints: int = 1):
-    """The LazyConfig of a run of ``config`` on ``shapes``: the recipe re-sized to ``max_iter`` iterations.
-
-    The one training set-up of the zoo trainer and the operator study (``afa_d2.study``): ``config`` (a zoo
-    name or a file) with ``opts``, the ``shapes`` splits of ``num_train`` / ``num_val`` images, ``seed``, the
-    loader ``workers`` (default: :func:`~afa_d2.engine.runs.cpu_loader_workers`), ``device`` (default: the
-    config's where CUDA is there, else "cpu"), and ``checkpoints`` evenly spaced checkpoints (the last at the
-    end), the schedule resolved.
-    """
+def shapes_config(config: str, run_dir: str, *, num_train: int, num_val: int, seed: int = 0,
+                  workers: Optional[int] = None, opts: Sequence[str] = (), device: Optional[str] = None):
+    """The LazyConfig of ``config`` (a zoo name or a file) with ``opts``, set to train on ``shapes``: the splits of
+    ``num_train`` / ``num_val`` images, ``run_dir``, ``seed``, the loader ``workers`` (default:
+    :func:`~afa_d2.engine.runs.cpu_loader_workers`) and ``device`` (default: the config's where CUDA is there,
+    else "cpu"). The schedule is the config's (:func:`fit_run_schedule` re-sizes it)."""
     import torch
 
     from afa_d2.data import shapes_split_names
-    from afa_d2.engine import fit_schedule_to_iters, load_config, resolve_epoch_schedule
+    from afa_d2.engine import load_config
     from afa_d2.engine.runs import cpu_loader_workers
 
     names = shapes_split_names(num_train, num_val)
@@ -70,11 +66,31 @@ def shapes_run_config(config: str, run_dir: str, *, max_iter: int, num_train: in
     cfg.train.device = device
     cfg.train.seed = seed
     cfg.dataloader.train.num_workers = cpu_loader_workers() if workers is None else workers
+    return cfg
+
+
+def fit_run_schedule(cfg, num_train: int, max_iter: int, checkpoints: int = 1):
+    """Re-size ``cfg``'s schedule to ``max_iter`` iterations on ``num_train`` images (its shape kept:
+    :func:`afa_d2.engine.fit_schedule_to_iters`) with ``checkpoints`` evenly spaced checkpoints (the last at the
+    end), and resolve it; returns the resolved schedule."""
+    from afa_d2.engine import fit_schedule_to_iters, resolve_epoch_schedule
+
     fit_schedule_to_iters(cfg, num_train, max_iter)
     if checkpoints > 1:
         cfg.train.checkpointer.period_epochs = float(cfg.train.epochs) / checkpoints
         cfg.train.checkpointer.max_to_keep = 1
-    resolve_epoch_schedule(cfg, num_images=num_train)
+    return resolve_epoch_schedule(cfg, num_images=num_train)
+
+
+def shapes_run_config(config: str, run_dir: str, *, max_iter: int, num_train: int, num_val: int, seed: int = 0,
+                      workers: Optional[int] = None, opts: Sequence[str] = (), device: Optional[str] = None,
+                      checkpoints: int = 1):
+    """The LazyConfig of a run of ``config`` on ``shapes``: :func:`shapes_config` with the recipe re-sized to
+    ``max_iter`` iterations (:func:`fit_run_schedule`). The one training set-up of the zoo trainer, the operator
+    study (``afa_d2.study``) and the demo."""
+    cfg = shapes_config(config, run_dir, num_train=num_train, num_val=num_val, seed=seed, workers=workers,
+                        opts=opts, device=device)
+    fit_run_schedule(cfg, num_train, max_iter, checkpoints)
     return cfg
 
 
@@ -85,32 +101,45 @@ def _config_file(config: str) -> str:
 
 
 def train_and_time(cfg, config: str, opts: Sequence[str] = (), *, resume: bool = False,
-                   inference_images: int = INFERENCE_IMAGES) -> Dict:
-    """Train ``cfg`` in this process (detectron2's set-up: log, ``config.yaml``), then time inference.
+                   inference_images: int = INFERENCE_IMAGES, console_log: bool = True, progress_bar: bool = False,
+                   deadline: Optional[float] = None, refresh_deadline=None) -> Dict:
+    """Train ``cfg`` in this process, then time inference.
+
+    ``console_log``: detectron2's set-up (log to the console and ``log.txt``, ``config.yaml``); else the full log
+    goes to ``<output_dir>/log.txt`` only and the console keeps ``progress_bar`` and summaries (the demo).
+    ``deadline`` / ``refresh_deadline``: the engine's time budget (:func:`afa_d2.engine.do_train`).
 
     Returns:
         dict: ``results`` (the final evaluation, detectron2's nested dict), ``train_seconds``, and
         ``inference_seconds_per_image`` of the final weights (eval mode, ``inference_images`` val images
-        after one untimed).
+        after one untimed; None for 0 images).
     """
     from afa_d2.engine import do_train
-    from afa_d2.engine.runs import first_test_batches, seconds_per_image
+    from afa_d2.engine.runs import first_test_batches, log_to_file, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
 
     from .build import build_model
 
     os.makedirs(cfg.train.output_dir, exist_ok=True)
-    default_setup(cfg, argparse.Namespace(config_file=_config_file(config), opts=list(opts), eval_only=False))
+    if console_log:
+        default_setup(cfg, argparse.Namespace(config_file=_config_file(config), opts=list(opts), eval_only=False))
+    else:
+        log_to_file(os.path.join(cfg.train.output_dir, "log.txt"))
     if cfg.train.device == "cpu":
         from afa_d2.execution.runtime import configure_cpu_runtime
 
         configure_cpu_runtime("training {}".format(config))
     t0 = time.perf_counter()
-    results = do_train(cfg, resume=resume)
+    results = do_train(cfg, resume=resume, progress_bar=progress_bar, deadline=deadline,
+                       refresh_deadline=refresh_deadline)
     train_seconds = time.perf_counter() - t0
-    model = build_model(cfg, os.path.join(cfg.train.output_dir, "model_final.pth"), cfg.train.device, seed=None,
-                        config_name=config)
-    per_image = seconds_per_image(model, first_test_batches(cfg, inference_images + 1))
+    final = os.path.join(cfg.train.output_dir, "model_final.pth")
+    if not os.path.isfile(final):
+        raise RuntimeError("training finished without writing {}".format(final))
+    per_image = None
+    if inference_images > 0:
+        model = build_model(cfg, final, cfg.train.device, seed=None, config_name=config)
+        per_image = seconds_per_image(model, first_test_batches(cfg, inference_images + 1))
     return {"results": results, "train_seconds": train_seconds, "inference_seconds_per_image": per_image}
 
 
