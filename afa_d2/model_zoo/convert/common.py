@@ -332,7 +332,7 @@ def _instantiate(target: Target, opts: Sequence[str], node: str) -> nn.Module:
 
     from afa_d2.engine import apply_overrides
 
-    from .zoo import get_config
+    from ..zoo import get_config
 
     cfg = apply_overrides(LazyConfig.load(target) if os.path.isfile(target) else get_config(target), list(opts))
     for part in node.split("."):
