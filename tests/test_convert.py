@@ -168,6 +168,7 @@ def test_msca_cannot_start_as_fpn_and_converts_with_fresh_blocks(fpn_source):
     assert {k.split(".")[1] for k in report.new} == {"fpn_aggregation{}".format(i) for i in (2, 3, 4, 5)}
     assert all(torch.equal(state[k], before[k]) for k in report.new)  # MSCA blocks: their fresh init
     assert "backbone.fpn_aggregation2.* (" in report.describe()
+    assert "new, not in the source (left at their initialisation)" in report.describe()
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_naming_keys_and_shapes(fpn_source):
@@ -497,6 +498,7 @@ def test_tools(fpn_source, tmp_path, capsys):
                                         "model.backbone.upsample_mode=nearest"]) == 0
     printed = capsys.readouterr().out
     assert "new, not in the source" in printed and "backbone.fpn_aggregation2.* (" in printed and "wrote" in printed
+    assert "new, not in the source (started as FPN's sum)" in printed  # not "left at their initialisation"
     model = instantiate(_configs("mssa")[1]).eval()
     model.load_state_dict(torch.load(out, weights_only=True)["model"], strict=True)
     _assert_same_predictions(fpn_source["pred"], _predict(model))

@@ -36,8 +36,9 @@ class ConversionReport:
         source (str): the file converted (or "<state dict>").
         target (str): what it was converted for (a config, a class).
         loaded (list[str]): target keys given a source tensor (under the target's names).
-        new (list[str]): target keys an afa_d2 model adds (``backbone.fpn_aggregation*``), left at
-            their initialisation.
+        new (list[str]): target keys an afa_d2 model adds (``backbone.fpn_aggregation*``).
+        new_start (str): how the new tensors start: "left at their initialisation" (the target's), or
+            "started as FPN's sum" (``start_as_fpn``: ``AttentionFPN.init_as_fpn`` set them).
         missing (list[str]): other target keys the source lacks (another architecture).
         dropped (list[str]): source keys not used (under the source's names).
         why (dict[str, str]): dropped key -> why it was dropped (a classifier, a recomputed buffer, ...).
@@ -51,6 +52,7 @@ class ConversionReport:
     target: str = ""
     loaded: List[str] = field(default_factory=list)
     new: List[str] = field(default_factory=list)
+    new_start: str = "left at their initialisation"
     missing: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
     why: Dict[str, str] = field(default_factory=dict)
@@ -69,8 +71,8 @@ class ConversionReport:
             self.source, " for " + self.target if self.target else "", len(self.loaded),
             " ({} renamed)".format(self.renamed) if self.renamed else "")]
         if self.new:
-            lines.append("new, not in the source (left at their initialisation): {} tensor(s): {}".format(
-                len(self.new), short_keys(_groups(self.new), limit)))
+            lines.append("new, not in the source ({}): {} tensor(s): {}".format(
+                self.new_start, len(self.new), short_keys(_groups(self.new), limit)))
         by_reason: Dict[str, List[str]] = collections.OrderedDict()
         for k in self.dropped:
             by_reason.setdefault(self.why.get(k, "not in the target"), []).append(k)

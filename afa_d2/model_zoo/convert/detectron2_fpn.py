@@ -92,7 +92,8 @@ def convert_detectron2_fpn(
 
     Returns:
         (dict[str, Tensor], ConversionReport): the whole target's state dict (shared weights from
-        the source, new blocks at their initialisation) and what happened.
+        the source; new blocks at the target's initialisation, or started as FPN's sum with
+        ``start_as_fpn``) and what happened.
     """
     if not isinstance(start_as_fpn, bool):
         raise ValueError("start_as_fpn must be a bool, got {!r}".format(start_as_fpn))
@@ -105,6 +106,7 @@ def convert_detectron2_fpn(
     report = ConversionReport(source=name, target=_target_name(target, opts))
     if start_as_fpn:
         backbone.init_as_fpn()  # ValueError for msca / concat with a norm, before anything else changes
+        report.new_start = "started as FPN's sum"
     target_state = model.state_dict()
     converted, unused = _match_by_name(model, target_state, weights, report)
     author = rest.get("__author__")
