@@ -1,11 +1,10 @@
-"""afa_d2.model_zoo.convert and tools/convert_*.py: detectron2 FPN -> AttentionFPN (the same detections
+"""afa_d2.model_zoo.convert and its commands (tools/convert_*.py): detectron2 FPN -> AttentionFPN (the same detections
 when MSSA / concat start as FPN), torchvision ResNet -> detectron2 names (with the settings they
 need), Swin (official / timm layout) -> SwinBottomUp. Every source is made here from random
 weights: nothing is downloaded."""
 import os
 import pickle
 import re
-import runpy
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
 from _engine_fixtures import TESTS_DIR, build_with_trained_norms, one_thread, tiny_rcnn  # noqa: F401  (one_thread: autouse)
+from afa_d2.model_zoo import convert
 from afa_d2.model_zoo.convert import (
     TORCHVISION_PIXEL_MEAN,
     TORCHVISION_PIXEL_STD,
@@ -26,7 +26,6 @@ from afa_d2.modeling import AttentionFPN
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 
-REPO = os.path.dirname(TESTS_DIR)
 AGG = "backbone.fpn_aggregation"
 
 
@@ -169,6 +168,7 @@ def test_msca_cannot_start_as_fpn_and_converts_with_fresh_blocks(fpn_source):
     assert {k.split(".")[1] for k in report.new} == {"fpn_aggregation{}".format(i) for i in (2, 3, 4, 5)}
     assert all(torch.equal(state[k], before[k]) for k in report.new)  # MSCA blocks: their fresh init
     assert "backbone.fpn_aggregation2.* (" in report.describe()
+    assert "new, not in the source (left at their initialisation)" in report.describe()
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_naming_keys_and_shapes(fpn_source):
@@ -483,36 +483,33 @@ def test_swin_misfits_are_refused(swin):
         convert_swin({"conv1.weight": torch.zeros(1)}, swin["bottom_up"])
 
 
-# ----------------------------------------------------------------------------- the tools
-def _tool(name):
-    return runpy.run_path(os.path.join(REPO, "tools", name), run_name="convert_tool")["main"]
-
-
+# ----------------------------------------------------------------------------- the commands (tools/convert_*.py)
 def test_tools(fpn_source, tmp_path, capsys):
-    for name in ("convert_detectron2_fpn.py", "convert_torchvision_resnet.py", "convert_swin.py"):
+    for command in (convert.detectron2_fpn, convert.torchvision_resnet, convert.swin):
         with pytest.raises(SystemExit) as e:
-            _tool(name)(["--help"])
+            command.main(["--help"])
         assert e.value.code == 0 and "usage:" in capsys.readouterr().out
     # a LazyConfig file as the target, with overrides after the flags
     config = tmp_path / "tiny_mssa.py"
     config.write_text("import sys\nsys.path.insert(0, {!r})\nfrom test_convert import _configs\n"
                       "model = _configs('mssa', upsample_mode='bilinear')[1]\n".format(TESTS_DIR))
     out = str(tmp_path / "out" / "converted.pth")
-    assert _tool("convert_detectron2_fpn.py")([fpn_source["pkl"], out, "--config", str(config), "--start-as-fpn",
-                                               "model.backbone.upsample_mode=nearest"]) == 0
+    assert convert.detectron2_fpn.main([fpn_source["pkl"], out, "--config", str(config), "--start-as-fpn",
+                                        "model.backbone.upsample_mode=nearest"]) == 0
     printed = capsys.readouterr().out
     assert "new, not in the source" in printed and "backbone.fpn_aggregation2.* (" in printed and "wrote" in printed
+    assert "new, not in the source (started as FPN's sum)" in printed  # not "left at their initialisation"
     model = instantiate(_configs("mssa")[1]).eval()
     model.load_state_dict(torch.load(out, weights_only=True)["model"], strict=True)
     _assert_same_predictions(fpn_source["pred"], _predict(model))
     # bad input: one line, exit status 2, nothing written
     with pytest.raises(SystemExit) as e:
-        _tool("convert_detectron2_fpn.py")([fpn_source["pth"], str(tmp_path / "x.pth"), "--config", str(config),
-                                            "model.roi_heads.num_classes=7"])
+        convert.detectron2_fpn.main([fpn_source["pth"], str(tmp_path / "x.pth"), "--config", str(config),
+                                     "model.roi_heads.num_classes=7"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "cls_score.weight (3, 32) vs (8, 32)" in err and len(err.strip().splitlines()) == 1
     assert not os.path.exists(str(tmp_path / "x.pth"))
     src = str(tmp_path / "resnet18.pth")
     torch.save(_torchvision_resnet(18).state_dict(), src)
-    assert _tool("convert_torchvision_resnet.py")([src, str(tmp_path / "r18.pth")]) == 0
+    assert convert.torchvision_resnet.main([src, str(tmp_path / "r18.pth")]) == 0
     assert "model.input_format=RGB" in capsys.readouterr().out

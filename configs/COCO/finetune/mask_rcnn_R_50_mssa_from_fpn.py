@@ -11,7 +11,7 @@ fine-tuning starts from the checkpoint's accuracy, not from a perturbed model. W
 start sums a bilinear upsampling FPN's weights were never trained on: on the small random
 detector of ``tests/test_convert.py`` the pyramid then differs by up to 31% of its largest value
 on p2 (p5, p6 unchanged) and 95 of 158 detections lose their match (the numbers in
-``afa_d2.model_zoo.convert``'s doc); configs/README.md reports a trained shapes-zoo checkpoint at
+docs/DESIGN.md, "Converters and ``start_as_fpn``"); configs/README.md reports a trained shapes-zoo checkpoint at
 13.61 box AP with nearest, 13.57 with bilinear. For the paper's operator, add
 ``model.backbone.upsample_mode=bilinear`` (then the start is close to FPN, not equal).
 """
