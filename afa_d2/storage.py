@@ -1,5 +1,6 @@
 """The small I/O every layer of afa_d2 may use (it imports nothing of afa_d2): the cache folder, writes
-that never leave a half-written file, and the globals a checkpoint may unpickle besides tensors.
+that never leave a half-written file, and the one allow-list of the globals a checkpoint may unpickle
+besides tensors (``torch.load(weights_only=True)`` and :func:`restricted_pickle_load` read it).
 
 Atomic writes go to ``<dir>/.<name>.tmp-<pid>``, are flushed and fsynced, then ``os.replace``d over
 ``<dir>/<name>``: a process killed at any point leaves the old or the new file, never a truncated
@@ -11,7 +12,8 @@ import collections
 import os
 from typing import Any
 
-__all__ = ["SAFE_GLOBALS", "atomic_torch_save", "atomic_write", "atomic_write_text", "cache_root"]
+__all__ = ["SAFE_GLOBALS", "PICKLE_EXTRA_GLOBALS", "restricted_pickle_load",
+           "atomic_torch_save", "atomic_write", "atomic_write_text", "cache_root"]
 
 
 def cache_root() -> str:
@@ -37,6 +39,51 @@ def _safe_globals() -> list:
 
 
 SAFE_GLOBALS = _safe_globals()
+
+#: What plain pickles of numpy arrays need besides :data:`SAFE_GLOBALS` (a detectron2 model-zoo ``.pkl``):
+#: protocol 5's ``_frombuffer``, ``_codecs.encode`` (how protocol <= 2 pickles from Python 3 spell ``bytes``),
+#: ``bytearray``.
+PICKLE_EXTRA_GLOBALS = (("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"), ("builtins", "bytearray"))
+
+
+def _allowed_pickle_globals() -> dict:
+    """(module, name) -> object for :func:`restricted_pickle_load`: :data:`SAFE_GLOBALS` and
+    :data:`PICKLE_EXTRA_GLOBALS`, each also under the names older pickles use (numpy 1's ``numpy.core``,
+    Python 2's ``__builtin__``)."""
+    import importlib
+
+    allowed = {(g.__module__, g.__name__): g for g in SAFE_GLOBALS}
+    for module, name in PICKLE_EXTRA_GLOBALS:
+        try:
+            allowed[(module, name)] = getattr(importlib.import_module(module), name)
+        except ImportError:  # pragma: no cover - numpy 1.x: numpy.core
+            allowed[(module, name)] = getattr(importlib.import_module(module.replace("._core", ".core")), name)
+    for (module, name), obj in list(allowed.items()):
+        if module.startswith("numpy._core"):
+            allowed[(module.replace("numpy._core", "numpy.core"), name)] = obj
+        elif module == "builtins":
+            allowed[("__builtin__", name)] = obj
+    return allowed
+
+
+def restricted_pickle_load(data: bytes, what: str = "this pickle") -> Any:
+    """Unpickle ``data`` allowing only the globals of :func:`_allowed_pickle_globals` (numpy arrays, dtypes,
+    scalars, plain containers); ``pickle.UnpicklingError`` naming any other global, because unpickling it could
+    run code. ``what`` is named in that error."""
+    import io
+    import pickle
+
+    allowed = _allowed_pickle_globals()
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(
+                    "refusing GLOBAL {}.{}: {} may hold numpy arrays and plain containers only, and unpickling "
+                    "anything else could run code".format(module, name, what))
+            return allowed[(module, name)]
+
+    return _Restricted(io.BytesIO(data), encoding="latin1").load()
 
 
 def _fsync_dir(directory: str) -> None:

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from afa_d2.modeling.aggregation import baseline_operator
+
 from .common import (
     NEW_BLOCK_PREFIX,
     ConversionReport,
@@ -114,7 +116,8 @@ def convert_detectron2_fpn(
         report.notes.append("source author: {}".format(author))
     report.notes.append("operators: {}{}".format(
         ", ".join("{}={}".format(lvl, op) for lvl, op in backbone.level_ops.items()),
-        "; new blocks start as FPN's sum" if start_as_fpn and set(backbone.level_ops.values()) != {"sum"} else ""))
+        "; new blocks start as FPN's sum" if start_as_fpn and set(backbone.level_ops.values()) != {baseline_operator()}
+        else ""))
     if strict and (report.mismatched or report.missing or unused):
         raise ValueError(_mismatch_message(report, unused, rest))
     state = dict(target_state)

@@ -1,16 +1,13 @@
 """Reading the checkpoint a converter starts from, whatever its file format and layout.
 
-A detectron2 model-zoo ``.pkl`` holds numpy arrays. It is read by a restricted unpickler that builds
-numpy arrays, dtypes, scalars and plain containers and refuses any other global by name, never by
+A detectron2 model-zoo ``.pkl`` holds numpy arrays. It is read by :func:`afa_d2.storage.restricted_pickle_load`,
+which builds numpy arrays, dtypes, scalars and plain containers and refuses any other global by name, never by
 ``pickle.load``, which would run whatever code the file holds. A ``.pth`` is read by
 ``torch.load(weights_only=True)`` (:func:`afa_d2.engine.checkpoint.load_checkpoint_file`). URLs and
 hash-named files go through :func:`afa_d2.hub.fetch_checkpoint`.
 """
 from __future__ import annotations
 
-import collections
-import importlib
-import io
 import os
 import pickle
 from typing import Any, Dict, Optional, Tuple
@@ -18,61 +15,22 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from afa_d2.storage import restricted_pickle_load
+
 __all__ = ["load_weights", "source_weights"]
-
-
-def _numpy_core(submodule: str, name: str):
-    try:  # numpy >= 2 names its core numpy._core; pickles written by numpy 1 say numpy.core
-        return getattr(importlib.import_module("numpy._core." + submodule), name)
-    except ImportError:
-        return getattr(importlib.import_module("numpy.core." + submodule), name)
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles what detectron2 model-zoo ``.pkl`` files hold, and nothing else.
-
-    Allowed: numpy arrays (``_reconstruct``, ``ndarray``, protocol 5's ``_frombuffer``), dtypes and
-    scalars; ``_codecs.encode`` (how protocol <= 2 pickles from Python 3 spell ``bytes``);
-    ``OrderedDict``, ``set``, ``frozenset``, ``bytearray``. Dicts, lists, tuples, strings and numbers
-    need no global. Anything else is refused with ``pickle.UnpicklingError`` naming the global.
-    """
-
-    _ALLOWED = {
-        ("numpy", "ndarray"): lambda: np.ndarray,
-        ("numpy", "dtype"): lambda: np.dtype,
-        ("_codecs", "encode"): lambda: importlib.import_module("_codecs").encode,
-        ("collections", "OrderedDict"): lambda: collections.OrderedDict,
-    }
-    for _core in ("numpy.core", "numpy._core"):
-        _ALLOWED[(_core + ".multiarray", "_reconstruct")] = lambda: _numpy_core("multiarray", "_reconstruct")
-        _ALLOWED[(_core + ".multiarray", "scalar")] = lambda: _numpy_core("multiarray", "scalar")
-        _ALLOWED[(_core + ".numeric", "_frombuffer")] = lambda: _numpy_core("numeric", "_frombuffer")
-    for _builtins in ("builtins", "__builtin__"):  # Python 3 and Python 2 pickles
-        for _name, _obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray)):
-            _ALLOWED[(_builtins, _name)] = (lambda o: lambda: o)(_obj)
-    del _core, _builtins, _name, _obj
-
-    def find_class(self, module: str, name: str):
-        make = self._ALLOWED.get((module, name))
-        if make is None:
-            raise _RefusedGlobal(
-                "refusing GLOBAL {}.{}: a model-zoo .pkl holds numpy arrays and plain containers only, and "
-                "unpickling anything else could run code".format(module, name))
-        return make()
 
 
 def _read_pkl(path: str) -> Any:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except _RefusedGlobal as e:
-        raise pickle.UnpicklingError("{}: {}".format(path, e)) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        return restricted_pickle_load(data, "a model-zoo .pkl")
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("refusing GLOBAL"):
+            raise pickle.UnpicklingError("{}: {}".format(path, e)) from None
+        raise pickle.UnpicklingError("{}: not a readable pickle (truncated or corrupt?): {}: {}".format(
+            path, type(e).__name__, e)) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise pickle.UnpicklingError("{}: not a readable pickle (truncated or corrupt?): {}: {}".format(
             path, type(e).__name__, e)) from None
 
