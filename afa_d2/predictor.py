@@ -47,11 +47,10 @@ class Predictor:
     def __init__(self, config: Union[str, Any], weights: Optional[str] = None, device: Optional[str] = None, *,
                  opts: Sequence[str] = (), trained: bool = False, precision: str = "fp32",
                  force_precision: bool = False):
-        from detectron2.config import instantiate
         from detectron2.data import transforms as T
 
         from afa_d2.engine import apply_overrides
-        from afa_d2.model_zoo.build import build_model, load_any_config
+        from afa_d2.model_zoo.build import build_model, inference_augmentations, input_format, load_any_config
 
         if isinstance(config, str):
             cfg = load_any_config(config, list(opts), trained=trained)
@@ -74,9 +73,8 @@ class Predictor:
             from afa_d2.execution.runtime import prepare_for_cpu_inference
 
             prepare_for_cpu_inference(self.model)
-        augs = cfg.dataloader.test.mapper.get("augmentations", None) if "test" in cfg.dataloader else None
-        self.aug = T.AugmentationList([instantiate(a) for a in augs] if augs else [])
-        self.input_format = cfg.model.get("input_format", "BGR")
+        self.aug = T.AugmentationList(inference_augmentations(cfg))
+        self.input_format = input_format(cfg)
 
     def __call__(self, image: np.ndarray) -> Dict[str, Any]:
         """
