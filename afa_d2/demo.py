@@ -66,8 +66,8 @@ from afa_d2.data.shapes.catalog import DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL  # noq
 # (inference is estimated apart), drawing the PNG, and the process's exit.
 _OVERHEAD_S = 15.0
 # Val images timed on the half-trained model, and the slack on the evaluation time they predict
-# (image sizes vary; the model keeps learning). A fresh model keeps ~100 low-score boxes an image
-# and took 0.37-0.5 s an image, the trained one 0.19-0.25 s: the fresh estimate left 35-60 s unused.
+# (image sizes vary; the model keeps learning). A fresh model keeps many more low-score boxes than a
+# trained one, so its inference time over-estimates the evaluation's: it is timed again half-way.
 _REFRESH_IMAGES = 6
 _EVAL_SLACK = 1.25
 # Training steps run before the timed ones (first allocations, first kernels).

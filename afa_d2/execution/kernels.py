@@ -20,12 +20,11 @@ Two products dominate MS-Att on a large map (p2 at 800x1333 is 200x336 = 67,200 
   convolutions of that view, keys then values as the weights, with a softmax over each head's keys
   in between (per image: the weights differ from image to image).
 
-Which is faster depends on the host, not on the code: on a 2-core AMD EPYC without AVX-512, MKL's
-GEMM ran at 80-97 GMAC/s and oneDNN's 1x1 convolution at 213 (issue #12); other hosts differ. So the
-choice is measured: the first time a product of a given shape signature is needed (in a process
-whose choice is not cached yet), :func:`choose` times both kernels on a probe of
-``PROBE_TOKENS`` tokens with the current thread count, keeps the faster (the convolution only when
-it is at least ``MARGIN`` faster), and caches the result in memory and in
+Which is faster depends on the host, not on the code (the README's "CPU speed" list has what two hosts
+measured, in opposite directions). So the choice is measured: the first time a product of a given shape
+signature is needed (in a process whose choice is not cached yet), :func:`choose` times both kernels on a
+probe of ``PROBE_TOKENS`` tokens with the current thread count, keeps the faster (the convolution only
+when it is at least ``MARGIN`` faster), and caches the result in memory and in
 ``$AFA_D2_CACHE/kernels/<host>.json`` (the folder: ``$AFA_D2_KERNEL_CACHE`` where set; the host key:
 CPU model and flags, torch version, threads), so later processes skip the probe. The probe times the
 functions the layers call, not copies of them: :func:`linear_ways`, :func:`attention_ways` and

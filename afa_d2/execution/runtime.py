@@ -6,9 +6,8 @@ to 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``. A detector's large t
 faulted in page by page, zeroed by the kernel, and handed back, at every layer of every
 forward. :func:`keep_freed_memory` tells glibc to serve every block from its heap and to keep
 what is freed (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 2 GiB - 1)``), so a
-freed block's pages are reused by the next allocation. Measured on a 2-core AMD EPYC (AVX-512)
-host, 2 threads: an elementwise chain over a (1, 256, 200, 336) map took 40 ms instead of 140 ms;
-whole-model figures are in the README's "Measured" section.
+freed block's pages are reused by the next allocation (what that saves, and the other choices of this
+module, are measured in the README's "CPU speed" list).
 
 :func:`prepare_for_cpu_inference` changes a model, not the process: the RoI poolers' ``ROIAlign``
 ops become :class:`ThreadedROIAlign` (torchvision's CPU ``roi_align`` runs on one core; the RoIs
@@ -203,14 +202,13 @@ class ThreadedROIAlign(_roi_align_base()):
     """detectron2's ``ROIAlign`` that splits the RoIs of a CPU, no-grad call over the intra-op threads,
     on one NCHW copy of the feature map.
 
-    torchvision's CPU ``roi_align`` loops over the RoIs on one core (e.g. 416 ms for 910 RoIs on p2
-    at 800x1333); the RoIs are independent, so ``torch.get_num_threads()`` Python threads (the op
-    releases the GIL) each take a contiguous share, and the results are concatenated in order:
-    the same tensor, bit for bit. The kernel reads NCHW: it copies a channels-last map (what a
-    model with channels-last weights produces) to NCHW in every call, so each thread would copy the
-    whole map again (p2 at 800x1333, 69 MB: 241 ms for 300 RoIs on 2 threads, against 69 ms on an
-    NCHW map). The copy is made once, before the split, and inside :func:`cpu_inference_scope` (a
-    prepared model's forward) once per map for all the poolers that read it (box and mask heads).
+    torchvision's CPU ``roi_align`` loops over the RoIs on one core; the RoIs are independent, so
+    ``torch.get_num_threads()`` Python threads (the op releases the GIL) each take a contiguous share, and the
+    results are concatenated in order: the same tensor, bit for bit. The kernel reads NCHW: it copies a
+    channels-last map (what a model with channels-last weights produces) to NCHW in every call, so each thread
+    would copy the whole map again (p2 at 800x1333 is 69 MB). The copy is made once, before the split, and
+    inside :func:`cpu_inference_scope` (a prepared model's forward) once per map for all the poolers that read
+    it (box and mask heads).
     With autograd, on CUDA, while tracing, or for few RoIs it is detectron2's op.
     """
 
@@ -246,7 +244,7 @@ def threaded_batched_nms(boxes, scores, idxs, iou_threshold: float):
 
     On the CPU, with more than :data:`NMS_PER_CLASS_NUMEL` box coordinates, detectron2 (through
     torchvision) runs ``nms`` once per class, one after another on one core: 80 classes of 1,000
-    boxes each when every proposal is kept (score threshold 0), about 0.2 s at 800x1333. The
+    boxes each when every proposal is kept (score threshold 0). The
     classes are independent, so each class's NMS runs as one task on ``torch.get_num_threads()``
     Python threads (torchvision's op releases the GIL), the kept indices are marked and sorted by
     decreasing score, as torchvision does: the same indices in the same order. Elsewhere (fewer
@@ -286,7 +284,7 @@ def _nchw_copy(x):
 
     The same values. Viewed per image as an (H*W, C) matrix, channels-last to NCHW is a transpose,
     which ATen copies in cache-sized blocks, where ``contiguous()`` goes element by element through
-    the permuted strides: p2 at 800x1333 (1 x 256 x 200 x 336) took 24 ms against 74 ms (2 threads).
+    the permuted strides, several times slower on a map as large as p2 at 800x1333.
     """
     import torch
 
