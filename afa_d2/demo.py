@@ -245,11 +245,42 @@ def draw_predictions(cfg, checkpoint: str, dataset_name: str, path: str, num_ima
     return path
 
 
+def _size_training(args: argparse.Namespace, cfg, t_start: float):
+    """``(max_iter, deadline, refresh_deadline, timing)``: ``--max-iter`` as given, else the iterations that fit
+    the budget from timed training steps and a timed inference, with the engine's deadline and its half-way
+    refresh (:func:`deadline_from_trained_model`)."""
+    if args.max_iter is not None:
+        print("[2/4] training {} iterations (--max-iter)".format(args.max_iter), flush=True)
+        return args.max_iter, None, None, {}
+    import torch
+
+    budget_s = args.minutes * 60.0
+    choices = [args.threads] if args.threads else sorted({torch.get_num_threads(), 1}, reverse=True)
+    timing = _time_steps(cfg, threads=choices)
+    # Training must end in time for the evaluation and what follows it. The evaluation is
+    # timed here on the fresh model, which keeps more low-score boxes than a trained one (an
+    # over-estimate), then again half-way through training (deadline_from_trained_model).
+    deadline = t_start + budget_s - timing["infer_image_s"] * args.num_val - _OVERHEAD_S
+    train_s = deadline - time.perf_counter()
+    if train_s <= 0:
+        raise RuntimeError(
+            "--minutes {:g} leaves no time to train: start-up took {:.0f} s and the evaluation of {} "
+            "images needs about {:.0f} s; give more minutes or fewer --num-val images".format(
+                args.minutes, time.perf_counter() - t_start, args.num_val, timing["infer_image_s"] * args.num_val)
+        )
+    max_iter = max(1, int(train_s / timing["train_step_s"]))
+    refresh = deadline_from_trained_model(cfg, t_start + budget_s - _OVERHEAD_S, args.num_val, timing)
+    print("[2/4] {:.1f} s per training step, {:.2f} s per val image ({} CPU threads): about {} iterations "
+          "fit in the {:g}-minute budget; re-sized from the measured speed while training".format(
+              timing["train_step_s"], timing["infer_image_s"], int(timing["threads"]), max_iter, args.minutes),
+          flush=True)
+    return max_iter, deadline, refresh, timing
+
+
 def run_demo(args: argparse.Namespace) -> Dict:
     """Run the demo as ``args`` says (see :func:`parse_args`); returns what it wrote and measured."""
     # As a command (``python -m afa_d2.demo``), the budget includes importing torch and detectron2.
     t_start = _T_START if __name__ == "__main__" else time.perf_counter()
-    budget_s = args.minutes * 60.0
     os.makedirs(args.output_dir, exist_ok=True)
     if args.threads:
         import torch
@@ -279,34 +310,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
     print("      ready in {:.0f} s".format(t_data), flush=True)
 
     cfg = _load_config(args, args.num_train)
-    timing: Dict[str, float] = {}
-    deadline = refresh = None
-    if args.max_iter is not None:
-        max_iter = args.max_iter
-        print("[2/4] training {} iterations (--max-iter)".format(max_iter), flush=True)
-    else:
-        import torch
-
-        choices = [args.threads] if args.threads else sorted({torch.get_num_threads(), 1}, reverse=True)
-        timing = _time_steps(cfg, threads=choices)
-        # Training must end in time for the evaluation and what follows it. The evaluation is
-        # timed here on the fresh model, which keeps more low-score boxes than a trained one (an
-        # over-estimate), then again half-way through training (deadline_from_trained_model).
-        deadline = t_start + budget_s - timing["infer_image_s"] * args.num_val - _OVERHEAD_S
-        train_s = deadline - time.perf_counter()
-        if train_s <= 0:
-            raise RuntimeError(
-                "--minutes {:g} leaves no time to train: start-up took {:.0f} s and the evaluation of {} "
-                "images needs about {:.0f} s; give more minutes or fewer --num-val images".format(
-                    args.minutes, time.perf_counter() - t_start, args.num_val,
-                    timing["infer_image_s"] * args.num_val)
-            )
-        max_iter = max(1, int(train_s / timing["train_step_s"]))
-        refresh = deadline_from_trained_model(cfg, t_start + budget_s - _OVERHEAD_S, args.num_val, timing)
-        print("[2/4] {:.1f} s per training step, {:.2f} s per val image ({} CPU threads): about {} iterations "
-              "fit in the {:g}-minute budget; re-sized from the measured speed while training".format(
-                  timing["train_step_s"], timing["infer_image_s"], int(timing["threads"]), max_iter,
-                  args.minutes), flush=True)
+    max_iter, deadline, refresh, timing = _size_training(args, cfg, t_start)
     info = fit_run_schedule(cfg, num_train, max_iter)
     logger.info("%s", info.summary())
 
