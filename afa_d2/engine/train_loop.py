@@ -59,6 +59,35 @@ def trainer_class(amp: bool):
     return _AMPTrainer if amp else _Trainer
 
 
+def _check_train_config(cfg) -> None:
+    """Refuse, before anything is built, a schedule that was not resolved and AMP off CUDA."""
+    if cfg.train.get("max_iter", None) is None:
+        raise ValueError("train.max_iter is None: call afa_d2.engine.resolve_epoch_schedule(cfg) first")
+    device = cfg.train.device
+    if bool(cfg.train.amp.enabled) and not str(device).startswith("cuda"):
+        raise ValueError(
+            f"train.amp.enabled=True needs a CUDA device (detectron2's AMPTrainer), but train.device={device!r}"
+        )
+
+
+def _model_and_optimizer(cfg, seed):
+    """The model on ``train.device`` and its optimizer, with ``train.clip_gradients`` as a step pre-hook.
+
+    With a seed, each part of the model starts from its own stream: two models that differ in one part
+    (the pyramid's operator) start with the same other parts (docs/DESIGN.md, "Paired initialisation").
+    """
+    model = instantiate_seeded(cfg.model, seed) if seed is not None and seed >= 0 else instantiate(cfg.model)
+    model.to(cfg.train.device)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    clip = cfg.train.get("clip_gradients", None)
+    if clip is not None and clip.get("enabled", False):
+        optimizer.register_step_pre_hook(GradientClipper(
+            clip.get("clip_type", "full_model"), clip.get("clip_value", 1.0), clip.get("norm_type", 2.0)))
+    return model, optimizer
+
+
 def do_train(
     cfg,
     *,
@@ -86,35 +115,14 @@ def do_train(
     Returns:
         dict: the last evaluation results (empty if none ran).
     """
-    if cfg.train.get("max_iter", None) is None:
-        raise ValueError("train.max_iter is None: call afa_d2.engine.resolve_epoch_schedule(cfg) first")
-    device = cfg.train.device
-    amp = bool(cfg.train.amp.enabled)
-    if amp and not str(device).startswith("cuda"):
-        raise ValueError(
-            f"train.amp.enabled=True needs a CUDA device (detectron2's AMPTrainer), but train.device={device!r}"
-        )
-    seed = cfg.train.get("seed", -1)
+    _check_train_config(cfg)
+    device, seed = cfg.train.device, cfg.train.get("seed", -1)
     if cfg.train.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-    # with a seed, each part of the model starts from its own stream: two models that differ in one part
-    # (the pyramid's operator) start with the same other parts (docs/DESIGN.md, "Paired initialisation")
-    model = instantiate_seeded(cfg.model, seed) if seed is not None and seed >= 0 else instantiate(cfg.model)
-    model.to(device)
-    logger.info("Model:\n%s", model)
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    clip = cfg.train.get("clip_gradients", None)
-    if clip is not None and clip.get("enabled", False):
-        optimizer.register_step_pre_hook(
-            GradientClipper(clip.get("clip_type", "full_model"), clip.get("clip_value", 1.0), clip.get("norm_type", 2.0))
-        )
-
+    model, optimizer = _model_and_optimizer(cfg, seed)
     loader, sampler = build_train_loader(cfg)
-    ddp_kwargs = dict(cfg.train.get("ddp", {}) or {})
-    ddp_model = create_ddp_model(model, **ddp_kwargs)
-    trainer = trainer_class(amp)(ddp_model, DeferredLoader(loader), optimizer)
+    ddp_model = create_ddp_model(model, **dict(cfg.train.get("ddp", {}) or {}))
+    trainer = trainer_class(bool(cfg.train.amp.enabled))(ddp_model, DeferredLoader(loader), optimizer)
 
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     last_results: Dict[str, Any] = {}
@@ -134,28 +142,20 @@ def do_train(
             raise ValueError("do_train(deadline=) needs a single process: ranks would re-size apart")
         steps = lr_multiplier if isinstance(lr_multiplier, EpochStepMultiplier) else None
         budget = TimeBudget(deadline, lr_multiplier=steps, refresh_deadline=refresh_deadline)
-    trainer.register_hooks(
-        [
-            StepSeeder(seed) if seed is not None and seed >= 0 else None,
-            SamplerState(sampler) if sampler is not None else None,
-            hooks.IterationTimer(),
-            PeakMemory(device),
-            budget,  # before the lr, checkpoint and eval hooks: they see a re-sized schedule
-            hooks.LRScheduler(scheduler=lr_multiplier),
-            hooks.PeriodicCheckpointer(
-                checkpointer, period=int(ckpt_cfg.period), max_to_keep=ckpt_cfg.get("max_to_keep", None)
-            )
-            if main
-            else None,
-            PeriodicEvaluation(eval_period, _eval) if eval_period >= 0 else None,
-            ProgressBar() if progress_bar and main else None,
-            MetricWriters(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=int(cfg.train.get("log_period", 20))
-            )
-            if main
-            else None,
-        ]
-    )
+    trainer.register_hooks([
+        StepSeeder(seed) if seed is not None and seed >= 0 else None,
+        SamplerState(sampler) if sampler is not None else None,
+        hooks.IterationTimer(),
+        PeakMemory(device),
+        budget,  # before the lr, checkpoint and eval hooks: they see a re-sized schedule
+        hooks.LRScheduler(scheduler=lr_multiplier),
+        hooks.PeriodicCheckpointer(checkpointer, period=int(ckpt_cfg.period),
+                                   max_to_keep=ckpt_cfg.get("max_to_keep", None)) if main else None,
+        PeriodicEvaluation(eval_period, _eval) if eval_period >= 0 else None,
+        ProgressBar() if progress_bar and main else None,
+        MetricWriters(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                      period=int(cfg.train.get("log_period", 20))) if main else None,
+    ])
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
