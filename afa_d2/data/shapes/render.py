@@ -191,6 +191,96 @@ def _draw_clutter(rng: np.random.Generator, img: np.ndarray) -> None:
                 cv2.circle(img, (int(p[0]), int(p[1])), int(rng.integers(1, 3)), color, -1)
 
 
+def _layout_objects(rng_obj, side: str, H: int, W: int) -> Tuple[List[tuple], np.ndarray]:
+    """The objects as (kind, size, angle, cx, cy) and their paint order: the shapes, then the markers in the
+    half of the image opposite the band. The band's side comes from rng_band, but marker positions must not
+    depend on the scene, so the side is drawn before the scene's pattern parameters (first draw of rng_band)
+    and is scene-independent."""
+    short = min(H, W)
+    objs = []
+    n_large = 0
+    for _ in range(rng_obj.integers(4, 15)):
+        kind = SHAPE_CLASSES[rng_obj.integers(len(SHAPE_CLASSES))]
+        size = math.exp(rng_obj.uniform(math.log(4), math.log(0.85 * short)))
+        if size > 0.45 * short:
+            n_large += 1
+            if n_large > 2:
+                size = rng_obj.uniform(0.1, 0.45) * short
+        cx = rng_obj.uniform(size / 4, W - size / 4)
+        cy = rng_obj.uniform(size / 4, H - size / 4)
+        objs.append((kind, size, rng_obj.uniform(0, 2 * math.pi), cx, cy))
+    n_markers = int(rng_obj.choice(4, p=[0.2, 0.35, 0.3, 0.15]))
+    for _ in range(n_markers):
+        size = rng_obj.uniform(7, 14)
+        angle = rng_obj.uniform(-0.2, 0.2)
+        m = size / 2 + 2
+        # far half: the half of the image opposite the band
+        if side == "top":
+            cx, cy = rng_obj.uniform(m, W - m), rng_obj.uniform(H / 2 + m, H - m)
+        elif side == "bottom":
+            cx, cy = rng_obj.uniform(m, W - m), rng_obj.uniform(m, H / 2 - m)
+        elif side == "left":
+            cx, cy = rng_obj.uniform(W / 2 + m, W - m), rng_obj.uniform(m, H - m)
+        else:
+            cx, cy = rng_obj.uniform(m, W / 2 - m), rng_obj.uniform(m, H - m)
+        objs.append(("marker", size, angle, cx, cy))
+    # paint order: mostly larger first (so smaller ones end up on top), with jitter
+    order = np.argsort([-o[1] * math.exp(rng_obj.normal(0, 0.6)) for o in objs], kind="stable")
+    return objs, order
+
+
+def _paint_objects(rng_obj, objs: List[tuple], order: np.ndarray, img: np.ndarray, ref: np.ndarray) -> List[dict]:
+    """Paint ``objs`` in ``order`` on ``img`` (and on ``ref``, the scene-independent canvas colours are chosen
+    against), each in its class colour shaded by a ramp, kept apart from what is underneath; returns each
+    painted object with its mask crop and paint rank."""
+    H, W = img.shape[:2]
+    rendered = []
+    for rank, i in enumerate(order):
+        kind, size, angle, cx, cy = objs[i]
+        r = _shape_mask(kind, rng_obj, size, angle, cx, cy, H, W)
+        base = _class_color(rng_obj, kind)
+        shade = rng_obj.uniform(-0.25, 0.25, 2)
+        if r is None:
+            continue
+        m, x0, y0 = r
+        h, w = m.shape
+        sub = img[y0:y0 + h, x0:x0 + w]
+        sub_ref = ref[y0:y0 + h, x0:x0 + w]
+        mb = m.astype(bool)
+        # keep a contrast to what is underneath
+        under = sub_ref[mb].mean(0)
+        if np.abs(base - under).sum() < 90:
+            base = np.where(under > 127, under - 110, under + 110)
+        gy, gx = np.nonzero(mb)
+        ramp = shade[0] * (gx / max(w, 1) - 0.5) + shade[1] * (gy / max(h, 1) - 0.5)
+        sub[mb] = sub_ref[mb] = base[None, :] * (1 + ramp[:, None])
+        rendered.append(dict(kind=kind, size=size, crop=(m, x0, y0), order=rank))
+    return rendered
+
+
+def _visible_instances(rendered: List[dict], scene: str, H: int, W: int) -> List[dict]:
+    """The instances' visible masks, walking from the top-most painted object down; an object less than a
+    quarter visible (or under 6 pixels) is not an instance. Sorted by paint order."""
+    occupied = np.zeros((H, W), bool)
+    instances = []
+    for obj in reversed(rendered):
+        m, x0, y0 = obj["crop"]
+        h, w = m.shape
+        occ = occupied[y0:y0 + h, x0:x0 + w]
+        vis = m.astype(bool) & ~occ
+        occ |= m.astype(bool)
+        full_area = int(m.sum())
+        area = int(vis.sum())
+        if area < max(6, 0.25 * full_area):
+            continue
+        full = np.zeros((H, W), np.uint8)
+        full[y0:y0 + h, x0:x0 + w] = vis
+        name = "marker_" + scene if obj["kind"] == "marker" else obj["kind"]
+        instances.append(dict(category=name, mask=full, full_area=full_area, size=obj["size"], order=obj["order"]))
+    instances.sort(key=lambda d: d["order"])
+    return instances
+
+
 def render_image(seed: int, split: str, index: int, *, min_size: int = 192, max_size: int = 320,
                  scene: Optional[str] = None) -> Tuple[np.ndarray, List[dict], dict]:
     """Draw image ``index`` of ``split``.
@@ -237,81 +327,11 @@ def render_image(seed: int, split: str, index: int, *, min_size: int = 192, max_
     band_mask = np.zeros((H, W), bool)
     band_mask[where] = True
 
-    # --- objects: (kind, size, angle, cx, cy); the band's side comes from rng_band but
-    # marker positions must not depend on the scene, so the side is drawn before the scene's
-    # pattern parameters (first draw of rng_band) and is scene-independent.
-    short = min(H, W)
-    objs = []
-    n_large = 0
-    for _ in range(rng_obj.integers(4, 15)):
-        kind = SHAPE_CLASSES[rng_obj.integers(len(SHAPE_CLASSES))]
-        size = math.exp(rng_obj.uniform(math.log(4), math.log(0.85 * short)))
-        if size > 0.45 * short:
-            n_large += 1
-            if n_large > 2:
-                size = rng_obj.uniform(0.1, 0.45) * short
-        cx = rng_obj.uniform(size / 4, W - size / 4)
-        cy = rng_obj.uniform(size / 4, H - size / 4)
-        objs.append((kind, size, rng_obj.uniform(0, 2 * math.pi), cx, cy))
-    n_markers = int(rng_obj.choice(4, p=[0.2, 0.35, 0.3, 0.15]))
-    for _ in range(n_markers):
-        size = rng_obj.uniform(7, 14)
-        angle = rng_obj.uniform(-0.2, 0.2)
-        m = size / 2 + 2
-        # far half: the half of the image opposite the band
-        if side == "top":
-            cx, cy = rng_obj.uniform(m, W - m), rng_obj.uniform(H / 2 + m, H - m)
-        elif side == "bottom":
-            cx, cy = rng_obj.uniform(m, W - m), rng_obj.uniform(m, H / 2 - m)
-        elif side == "left":
-            cx, cy = rng_obj.uniform(W / 2 + m, W - m), rng_obj.uniform(m, H - m)
-        else:
-            cx, cy = rng_obj.uniform(m, W / 2 - m), rng_obj.uniform(m, H - m)
-        objs.append(("marker", size, angle, cx, cy))
-    # paint order: mostly larger first (so smaller ones end up on top), with jitter
-    order = np.argsort([-o[1] * math.exp(rng_obj.normal(0, 0.6)) for o in objs], kind="stable")
-
-    rendered = []
-    for rank, i in enumerate(order):
-        kind, size, angle, cx, cy = objs[i]
-        r = _shape_mask(kind, rng_obj, size, angle, cx, cy, H, W)
-        base = _class_color(rng_obj, kind)
-        shade = rng_obj.uniform(-0.25, 0.25, 2)
-        if r is None:
-            continue
-        m, x0, y0 = r
-        h, w = m.shape
-        sub = img[y0:y0 + h, x0:x0 + w]
-        sub_ref = ref[y0:y0 + h, x0:x0 + w]
-        mb = m.astype(bool)
-        # keep a contrast to what is underneath
-        under = sub_ref[mb].mean(0)
-        if np.abs(base - under).sum() < 90:
-            base = np.where(under > 127, under - 110, under + 110)
-        gy, gx = np.nonzero(mb)
-        ramp = shade[0] * (gx / max(w, 1) - 0.5) + shade[1] * (gy / max(h, 1) - 0.5)
-        sub[mb] = sub_ref[mb] = base[None, :] * (1 + ramp[:, None])
-        rendered.append(dict(kind=kind, size=size, crop=(m, x0, y0), order=rank))
+    objs, order = _layout_objects(rng_obj, side, H, W)
+    rendered = _paint_objects(rng_obj, objs, order, img, ref)
 
     img += rng_noise.standard_normal(img.shape, dtype=np.float32) * np.float32(rng_noise.uniform(3, 10))
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
 
-    # visible parts: walk from the top-most instance down
-    occupied = np.zeros((H, W), bool)
-    instances = []
-    for obj in reversed(rendered):
-        m, x0, y0 = obj["crop"]
-        h, w = m.shape
-        occ = occupied[y0:y0 + h, x0:x0 + w]
-        vis = m.astype(bool) & ~occ
-        occ |= m.astype(bool)
-        full_area = int(m.sum())
-        area = int(vis.sum())
-        if area < max(6, 0.25 * full_area):
-            continue
-        full = np.zeros((H, W), np.uint8)
-        full[y0:y0 + h, x0:x0 + w] = vis
-        name = "marker_" + scene if obj["kind"] == "marker" else obj["kind"]
-        instances.append(dict(category=name, mask=full, full_area=full_area, size=obj["size"], order=obj["order"]))
-    instances.sort(key=lambda d: d["order"])
+    instances = _visible_instances(rendered, scene, H, W)
     return image, instances, dict(scene=scene, side=side, band_mask=band_mask)
