@@ -2,7 +2,8 @@
 
 Every workaround afa_d2 needs for detectron2 lives here, and each is applied only when
 the running detectron2 needs it. An official build (one with ``detectron2._C``) is never
-patched: :func:`apply` returns at once. What each patch is for (docs/DESIGN.md, "detectron2 where only PyPI is reachable"):
+patched: :func:`apply` returns at once. What each patch is for (docs/DESIGN.md, "detectron2 where only
+PyPI is reachable"):
 
 =====================  ====================================================================
 patch                  why
@@ -337,3 +338,25 @@ def nnpack_spatial_convolution(x, weight, bias, padding):
     import torch
 
     return torch._nnpack_spatial_convolution(x, weight, bias, padding)
+
+
+#: The detectron2 modules whose R-CNN inference calls ``batched_nms`` by that module-level name: the box head's
+#: ``fast_rcnn_inference`` (Cascade's too) and the RPN's ``find_top_rpn_proposals`` (v0.6 to the latest main).
+BATCHED_NMS_SITES = ("detectron2.modeling.roi_heads.fast_rcnn", "detectron2.modeling.proposal_generator.proposal_utils")
+
+
+def replace_batched_nms(fn):
+    """Make detectron2's R-CNN inference call ``fn`` where it calls ``batched_nms`` (the module-level name in
+    :data:`BATCHED_NMS_SITES`: detectron2 has no hook for it); returns a function that puts the originals back.
+    Process-wide until then: the caller keeps the window short (afa_d2.execution.runtime: one model forward)."""
+    saved = {}
+    for name in BATCHED_NMS_SITES:
+        module = importlib.import_module(name)
+        saved[name] = module.batched_nms
+        module.batched_nms = fn
+
+    def restore():
+        for name, original in saved.items():
+            sys.modules[name].batched_nms = original
+
+    return restore

@@ -36,7 +36,7 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 
-from afa_d2.compat import tensor_version
+from afa_d2.compat import replace_batched_nms, tensor_version
 
 __all__ = [
     "MALLOC_ENV",
@@ -268,12 +268,9 @@ def threaded_batched_nms(boxes, scores, idxs, iou_threshold: float):
     return keep[scores[keep].sort(descending=True)[1]]
 
 
-# The detectron2 modules whose inference calls ``batched_nms`` by that name: the box head's
-# ``fast_rcnn_inference`` (also Cascade's) and the RPN's ``find_top_rpn_proposals``.
-_NMS_SITES = ("detectron2.modeling.roi_heads.fast_rcnn", "detectron2.modeling.proposal_generator.proposal_utils")
 _scope_lock = threading.Lock()
 _scope_depth = 0
-_nms_saved: Dict[str, object] = {}
+_restore_nms = None  # compat.replace_batched_nms's undo, while a scope is open
 # NCHW copies of channels-last maps made inside the scope: id(map) -> (map, its version, copy). The
 # entry holds the map, so its id cannot be reused while cached; an in-place change bumps the version.
 _nchw_cache: Dict[int, tuple] = {}
@@ -315,26 +312,20 @@ def _nchw(x):
 
 
 def _enter_scope() -> None:
-    global _scope_depth
-    import importlib
-
+    global _scope_depth, _restore_nms
     with _scope_lock:
         if _scope_depth == 0:
-            for name in _NMS_SITES:
-                module = importlib.import_module(name)
-                _nms_saved[name] = module.batched_nms
-                module.batched_nms = threaded_batched_nms
+            _restore_nms = replace_batched_nms(threaded_batched_nms)
         _scope_depth += 1
 
 
 def _exit_scope() -> None:
-    global _scope_depth
+    global _scope_depth, _restore_nms
     with _scope_lock:
         _scope_depth -= 1
         if _scope_depth == 0:
-            for name, original in _nms_saved.items():
-                sys.modules[name].batched_nms = original
-            _nms_saved.clear()
+            _restore_nms()
+            _restore_nms = None
             _nchw_cache.clear()
 
 
