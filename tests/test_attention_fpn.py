@@ -291,3 +291,42 @@ def test_fast_neck_equals_reference_path_on_odd_size(op):
     for k in ref:
         assert fast[k].shape == ref[k].shape == (1, 16) + _expected_sizes(97, 131)[k], k
         assert (fast[k] - ref[k]).abs().max().item() < 1e-4, k
+
+
+def test_a_fifth_operator_is_one_class_and_one_registry_entry(monkeypatch):
+    """docs/DESIGN.md, "Where do I add ...": an operator registered in AGGREGATION_OPS (here an element-wise max
+    with a learned gate) builds in AttentionFPN on chosen levels, trains, refuses start_as_fpn with its own reason,
+    and is named by the registry's readers; nothing else changes."""
+    from afa_d2.model_zoo.publish import _operator_from_weights
+    from afa_d2.modeling import aggregation as A
+
+    class MaxAggregation(A.Aggregation):
+        label = "max (gated)"
+        own_modules = ("gate",)
+        can_start_as_sum = False
+
+        def __init__(self, channels, upsample_mode=None):
+            super().__init__(upsample_mode)
+            self.gate = torch.nn.Conv2d(channels, channels, 1)
+
+        @classmethod
+        def build(cls, channels, *, upsample_mode, **_unused):
+            return cls(channels, upsample_mode)
+
+        def forward(self, lateral, top_down=None):
+            if top_down is None:
+                return lateral
+            return torch.maximum(lateral, self.gate(self.up(top_down, lateral)))
+
+    monkeypatch.setitem(A.AGGREGATION_OPS, "max", MaxAggregation)
+    torch.manual_seed(0)
+    neck = _afpn(aggregation="max", attention_levels=["p2", "p3"])
+    assert neck.level_ops == {"p2": "max", "p3": "max", "p4": "sum", "p5": "sum"}
+    out = neck(torch.randn(1, 3, 64, 96))
+    sum(v.sum() for v in out.values()).backward()
+    assert neck.fpn_aggregation2.gate.weight.grad.abs().sum() > 0
+    assert A.operator_label("max") == "max (gated)"
+    weights = {"backbone." + k: v for k, v in neck.state_dict().items()}
+    assert _operator_from_weights(weights) == "max"
+    with pytest.raises(ValueError, match=r"max \(gated\) cannot start as FPN's sum"):
+        _afpn(aggregation="max", start_as_fpn=True)
