@@ -21,10 +21,12 @@ def _error_lines(stderr, prog):
     return [line for line in stderr.splitlines() if line.startswith(prog + ": error: ")]
 
 
-@pytest.fixture()
-def text_file(tmp_path):
+@pytest.fixture(params=["not a checkpoint\n", "hello\n"], ids=["text", "text-read-as-memo-opcodes"])
+def text_file(tmp_path, request):
+    """A text file named like a checkpoint. "hello" starts with pickle opcodes that look up a memo entry the file
+    never made, which the unpickler reports as a bare KeyError (once printed as "error: 101")."""
     path = tmp_path / "notes.pth"
-    path.write_text("not a checkpoint\n")
+    path.write_text(request.param)
     return str(path)
 
 

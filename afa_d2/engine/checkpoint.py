@@ -178,7 +178,8 @@ def load_checkpoint_file(path: str, trusted_dirs: Optional[List[str]] = None) ->
             path, _refusal(e), TRUST_ENV,
         )
         return torch.load(path, map_location=torch.device("cpu"), weights_only=False)
-    except (RuntimeError, EOFError, ValueError) as e:  # torch's zip reader, a short legacy pickle
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        # torch's zip reader, a short legacy pickle, bytes that are not a pickle (KeyError of the first byte)
         raise _corrupt(path, e) from e
 
 
@@ -188,6 +189,8 @@ def _corrupt(path: str, e: Exception) -> CorruptCheckpointError:
     noise = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
     lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(noise)]
     reason = lines[0] if lines else type(e).__name__
+    if isinstance(e, KeyError):  # the unpickler's lookup of an opcode it does not know
+        reason = "not a pickle (unknown opcode {})".format(reason)
     return CorruptCheckpointError(
         "checkpoint {} is not a readable torch checkpoint (truncated or corrupt?): {}".format(path, reason))
 
