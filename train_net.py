@@ -52,7 +52,7 @@ def fall_back_to_cpu(cfg):
 
 def main(args):
     if is_yacs_file(args.config_file):
-        from afa_d2.engine.yacs import run_yacs
+        from afa_d2.engine.yacs_trainer import run_yacs
 
         return run_yacs(args)
     cfg = load_config(args.config_file, args.opts)

@@ -50,7 +50,7 @@ def shapes_run_config(config: str, run_dir: str, *, max_iter: int, num_train: in
 
     The one training set-up of the zoo trainer and the operator study (``afa_d2.study``): ``config`` (a zoo
     name or a file) with ``opts``, the ``shapes`` splits of ``num_train`` / ``num_val`` images, ``seed``, the
-    loader ``workers`` (default: :func:`~afa_d2.engine.runs.cpu_loader_workers`), ``device`` (default: the
+    loader ``workers`` (default: :func:`~afa_d2.engine.cpu_training.cpu_loader_workers`), ``device`` (default: the
     config's where CUDA is there, else "cpu"), and ``checkpoints`` evenly spaced checkpoints (the last at the
     end), the schedule resolved.
     """
@@ -58,7 +58,7 @@ def shapes_run_config(config: str, run_dir: str, *, max_iter: int, num_train: in
 
     from afa_d2.data import shapes_split_names
     from afa_d2.engine import fit_schedule_to_iters, load_config, resolve_epoch_schedule
-    from afa_d2.engine.runs import cpu_loader_workers
+    from afa_d2.engine.cpu_training import cpu_loader_workers
 
     names = shapes_split_names(num_train, num_val)
     cfg = load_config(_config_file(config), list(opts))
@@ -94,7 +94,7 @@ def train_and_time(cfg, config: str, opts: Sequence[str] = (), *, resume: bool =
         after one untimed).
     """
     from afa_d2.engine import do_train
-    from afa_d2.engine.runs import first_test_batches, seconds_per_image
+    from afa_d2.engine.inference_timing import first_test_batches, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
 
     from .build import build_model
