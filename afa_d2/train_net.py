@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Train or evaluate an afa_d2 model.
+"""``train_net.py``: train or evaluate an afa_d2 model (the command's parser, checks and per-worker flow).
 
     python train_net.py --config-file configs/COCO/cascade_mask_rcnn_R_50_mssa_1x.py --num-gpus 8
     python train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
@@ -11,10 +10,10 @@ is converted to iterations at start-up, the arithmetic is logged) or a yacs ``.y
 registered backbone. Several GPUs or machines go through detectron2's ``launch``
 (torch.distributed; gloo when there is no CUDA), through :func:`afa_d2.engine.launch`, which
 ends every worker's process group after a successful run so that it exits 0. Without CUDA,
-``train.device`` becomes ``cpu``. The loop itself is :mod:`afa_d2.engine`.
+``train.device`` becomes ``cpu``. The loop itself is :mod:`afa_d2.engine`; the script at the
+repository root is ``sys.exit(run(parse_args()))``, and ``tools/slurm_train.py`` submits :func:`main`
+(:mod:`afa_d2.slurm_train`).
 """
-import afa_d2  # noqa: F401  (detectron2 compat patches; must precede any detectron2 import)
-
 import logging
 import os
 import sys
@@ -28,6 +27,8 @@ from afa_d2.engine import do_eval_only, do_train, launch, load_config, resolve_e
 from afa_d2.engine.overrides import UnknownConfigKeyError
 from afa_d2.engine.precision import PRECISIONS, PrecisionError, check_precision
 from afa_d2.engine.train_loop import default_setup
+
+__all__ = ["argument_parser", "fall_back_to_cpu", "is_yacs_file", "main", "parse_args", "run"]
 
 logger = logging.getLogger("afa_d2.train_net")
 
@@ -51,6 +52,8 @@ def fall_back_to_cpu(cfg):
 
 
 def main(args):
+    """Train, or with ``--eval-only`` evaluate, in one worker (``launch`` runs it in each); returns the
+    evaluation results."""
     if is_yacs_file(args.config_file):
         from afa_d2.engine.yacs_trainer import run_yacs
 
@@ -129,7 +132,3 @@ def run(args) -> int:
         print("train_net.py: error: {}".format(one_line(e)), file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run(parse_args()))

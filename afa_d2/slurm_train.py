@@ -1,6 +1,5 @@
-#!/usr/bin/env python
-"""Submit train_net.py's training to a Slurm cluster: nodes x GPUs per node, one task per GPU,
-requeued on time-out or preemption and resumed from the last checkpoint.
+"""``tools/slurm_train.py``: submit train_net.py's training to a Slurm cluster (the command's parser,
+its checks, the submission and ``--wait``'s report).
 
     python tools/slurm_train.py --config-file configs/COCO/cascade_mask_rcnn_R_50_msca_1x.py \\
         --nodes 2 --gpus-per-node 8 --partition gpu --time 3-00:00:00 train.output_dir=out/msca
@@ -10,18 +9,25 @@ config overrides); ``--num-gpus``, ``--num-machines``, ``--machine-rank`` and ``
 per task from the job. The job's submitit logs and pickles go to ``--folder`` (default
 ``<train.output_dir>/submitit``), the training's own logs and checkpoints to ``train.output_dir``.
 ``--cluster local`` runs the same job on this machine (submitit's local executor, one node).
-The mechanics are in :mod:`afa_d2.engine.slurm`.
+Each task runs :func:`afa_d2.train_net.main`; the mechanics are in :mod:`afa_d2.engine.slurm`.
 """
+import argparse
 import os
 import shutil
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from afa_d2 import train_net
+from afa_d2.engine import load_config, slurm
 
-import train_net  # noqa: E402  (imports afa_d2 first: detectron2's compat patches)
+__all__ = ["argument_parser", "main", "parse_args"]
 
-from afa_d2.engine import load_config, slurm  # noqa: E402
+# printed as it is written (detectron2's parser keeps the description's line breaks)
+DESCRIPTION = ("Submit train_net.py's training to a Slurm cluster: nodes x GPUs per node, one task per GPU,\n"
+               "requeued on time-out or preemption and resumed from the last checkpoint.")
+
+# the folder that holds the afa_d2 package (the repository in a checkout): the job's tasks import
+# afa_d2.train_net.main from it, installed or not
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # train_net.py's launch options: each task sets them from its place in the job.
 LAUNCH_OPTIONS = {
@@ -34,8 +40,6 @@ LAUNCH_OPTIONS = {
 
 def _int_at_least(minimum):
     def parse(text):
-        import argparse
-
         try:
             value = int(text)
         except ValueError:
@@ -48,8 +52,6 @@ def _int_at_least(minimum):
 
 
 def _positive_float(text):
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
@@ -60,8 +62,6 @@ def _positive_float(text):
 
 
 def _time_limit(text):
-    import argparse
-
     try:
         return slurm.parse_time_limit(text)
     except ValueError as e:
@@ -72,7 +72,7 @@ def argument_parser():
     """train_net.py's parser plus the Slurm options; every error is one line."""
     parser = train_net.argument_parser()
     parser.prog = "slurm_train.py"
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description = DESCRIPTION
     parser.epilog = None
     g = parser.add_argument_group("Slurm")
     g.add_argument("--nodes", type=_int_at_least(1), default=1, help="number of nodes (default: 1)")
@@ -162,10 +162,11 @@ def parse_args(argv=None):
     return args, resources
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Submit the job; with ``--wait``, wait for it and report how it ended (exit status 1 if it failed)."""
     args, resources = parse_args(argv)
     job = slurm.submit(train_net.main, args, resources, args.folder, cluster=args.cluster,
-                       python_path=[REPO], dist_port=args.dist_port)
+                       python_path=[IMPORT_ROOT], dist_port=args.dist_port)
     print(f"Submitted job {job.job_id} ({args.cluster}): {resources.nodes} node(s) x {resources.gpus_per_node} "
           f"GPU(s), {resources.time_min} min per run; submitit logs in {args.folder}", flush=True)
     if not args.wait:
@@ -179,7 +180,3 @@ def main(argv=None):
         return 1
     print(f"job {job.job_id} finished", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
