@@ -53,7 +53,7 @@ def _process_age_s() -> float:
 _T_START = time.perf_counter() - _process_age_s()
 
 import afa_d2  # noqa: F401,E402  (detectron2 compat patches first; already imported under -m)
-from afa_d2.engine.runs import first_test_batches, seconds_per_image  # noqa: E402
+from afa_d2.engine.inference_timing import first_test_batches, seconds_per_image  # noqa: E402
 
 __all__ = ["deadline_from_trained_model", "default_config_file", "main", "parse_args", "run_demo"]
 
@@ -123,8 +123,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def default_workers() -> int:
-    """Loader workers for the demo: :func:`afa_d2.engine.runs.cpu_loader_workers`."""
-    from afa_d2.engine.runs import cpu_loader_workers
+    """Loader workers for the demo: :func:`afa_d2.engine.cpu_training.cpu_loader_workers`."""
+    from afa_d2.engine.cpu_training import cpu_loader_workers
 
     return cpu_loader_workers()
 
@@ -291,7 +291,7 @@ def run_demo(args: argparse.Namespace) -> Dict:
 
     import afa_d2.data  # noqa: F401  (registers shapes_train / shapes_val)
     from afa_d2.data import shapes_split_names
-    from afa_d2.engine.runs import log_to_file
+    from afa_d2.engine.cpu_training import log_to_file
     from afa_d2.evaluation import summarize_results
     from afa_d2.model_zoo.train import fit_run_schedule, train_and_time
 

@@ -307,7 +307,7 @@ def read_run(run_dir: str) -> RunResult:
     if not os.path.isfile(metrics):
         raise RunError("run folder {} has no metrics.json: pass a train_net.py training run's output folder "
                        "(its train.output_dir), which writes metrics.json as it trains".format(run_dir))
-    from afa_d2.engine.runs import read_metrics
+    from afa_d2.engine.metrics_json import read_metrics
 
     try:
         rows = read_metrics(metrics)

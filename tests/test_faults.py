@@ -37,18 +37,19 @@ def _last_checkpoint_iter(out):
 OPTS = ["train.checkpointer.period=1", "train.checkpointer.max_to_keep=2", "train.eval_period=-1",
         "+train.deterministic=True"]
 
-# Runs train_net.py in this process after patching one function to SIGKILL the process at a
-# fixed point: right after checkpoint model_<k> is written and tagged ("after_checkpoint"), or
-# in iteration k's optimizer step, after its forward and backward ("in_step", so the last
+# Runs train_net.py's command (afa_d2.train_net) in this process after patching one function to
+# SIGKILL the process at a fixed point: right after checkpoint model_<k> is written and tagged
+# ("after_checkpoint"), or in iteration k's optimizer step, after its forward and backward ("in_step", so the last
 # checkpoint is k - 1 and the step's work is lost).
 KILL_AT = textwrap.dedent(
     """
-    import os, runpy, signal, sys
-    where, k, train_net = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    sys.argv = [train_net] + sys.argv[4:]
+    import os, signal, sys
+    where, k = sys.argv[1], int(sys.argv[2])
+    sys.path.insert(0, os.getcwd())  # the checkout's afa_d2, as train_net.py gets it (run from the repository)
     import afa_d2  # noqa
     import torch
     from afa_d2.engine.checkpoint import AtomicCheckpointer
+    from afa_d2.train_net import parse_args, run
 
     def die():
         sys.stderr.flush()
@@ -73,7 +74,7 @@ KILL_AT = textwrap.dedent(
             return real_step(self, *args, **kwargs)
 
         torch.optim.AdamW.step = step
-    runpy.run_path(train_net, run_name="__main__")
+    sys.exit(run(parse_args(sys.argv[3:])))
     """
 )
 
@@ -97,8 +98,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(where, k, last_saved, data
 
     script = tmp_path / "kill_at.py"
     script.write_text(KILL_AT)
-    cmd = [sys.executable, str(script), where, str(k), os.path.join(fx.REPO, "train_net.py"),
-           "--config-file", cut_cfg, *OPTS]
+    cmd = [sys.executable, str(script), where, str(k), "--config-file", cut_cfg, *OPTS]
     proc = subprocess.run(cmd, cwd=fx.REPO, env=fx.train_net_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, timeout=540)
     assert proc.returncode == -signal.SIGKILL, "run was not killed {} {} (rc={}):\n{}".format(

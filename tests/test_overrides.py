@@ -1,6 +1,4 @@
 """Command-line overrides and train_net.py's bad-input messages (in process, no training)."""
-import importlib.util
-import os
 
 import pytest
 
@@ -8,16 +6,9 @@ import afa_d2  # noqa: F401
 from detectron2.config import LazyConfig
 
 import _engine_fixtures as fx
-from afa_d2.engine.overrides import UnknownConfigKeyError, apply_overrides, flatten_keys
+from afa_d2.engine.overrides import UnknownConfigKeyError, apply_overrides, flatten_keys, load_config
 from afa_d2.engine.schedule import ensure_schedule_keys
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location("train_net_under_test", os.path.join(fx.REPO, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from afa_d2.train_net import parse_args
 
 
 @pytest.fixture
@@ -80,31 +71,31 @@ def test_malformed_override(cfg_path):
         apply_overrides(LazyConfig.load(cfg_path), ["train.max_iter"])
 
 
-def test_train_net_unknown_override_key_exits_with_the_suggestion(train_net, cfg_path, capsys):
+def test_train_net_unknown_override_key_exits_with_the_suggestion(cfg_path, capsys):
     with pytest.raises(SystemExit) as e:
-        train_net.parse_args(["--config-file", cfg_path, "train.max_itr=5"])
+        parse_args(["--config-file", cfg_path, "train.max_itr=5"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Unknown config key 'train.max_itr'" in err and "train.max_iter" in err, err
 
 
-def test_train_net_missing_config_file_names_the_path(train_net, tmp_path, capsys):
+def test_train_net_missing_config_file_names_the_path(tmp_path, capsys):
     missing = str(tmp_path / "configs" / "no_such_config.py")
     with pytest.raises(SystemExit) as e:
-        train_net.parse_args(["--config-file", missing])
+        parse_args(["--config-file", missing])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--config-file '{}': no such file".format(missing) in err, err
     with pytest.raises(FileNotFoundError, match="no_such_config.py"):
-        train_net.load_config(missing, [])
+        load_config(missing, [])
 
 
-def test_train_net_accepts_the_documented_flags(train_net, cfg_path):
-    args = train_net.parse_args(
+def test_train_net_accepts_the_documented_flags(cfg_path):
+    args = parse_args(
         ["--config-file", cfg_path, "--num-gpus", "2", "--num-machines", "1", "--machine-rank", "0",
          "--dist-url", "tcp://127.0.0.1:12345", "--resume", "--eval-only", "train.max_iter=3"]
     )
     assert (args.num_gpus, args.num_machines, args.machine_rank) == (2, 1, 0)
     assert args.resume and args.eval_only and args.opts == ["train.max_iter=3"]
-    cfg = train_net.load_config(cfg_path, args.opts)
+    cfg = load_config(cfg_path, args.opts)
     assert cfg.train.max_iter == 3

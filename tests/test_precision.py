@@ -38,18 +38,15 @@ def test_outputs_come_back_in_fp32():
 
 
 def test_train_net_refuses_fp16_on_the_cpu_at_parse_time(tmp_path, capsys):
-    import importlib.util
+    from afa_d2.train_net import parse_args
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(repo, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     config = os.path.join(repo, "configs", "shapes", "mask_rcnn_R_18_sum.py")
     with pytest.raises(SystemExit) as e:
-        train_net.parse_args(["--config-file", config, "--eval-only", "--precision", "fp16", "train.device=cpu"])
+        parse_args(["--config-file", config, "--eval-only", "--precision", "fp16", "train.device=cpu"])
     assert e.value.code == 2 and "precision=fp16 needs a CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_net.parse_args(["--config-file", config, "--precision", "bf16"])  # training: not this flag
+        parse_args(["--config-file", config, "--precision", "bf16"])  # training: not this flag
     assert "is for --eval-only" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
-"""afa_d2.engine.slurm and tools/slurm_train.py: a Slurm job of one task per GPU, requeued and resumed.
+"""afa_d2.engine.slurm and tools/slurm_train.py (afa_d2.slurm_train): a Slurm job of one task per GPU,
+requeued and resumed.
 
 End to end on the CPU with submitit's local executor (the same job as on Slurm, one node, two
 tasks on gloo): a job stopped part way by the requeue signal, requeued by submitit and resumed,
@@ -7,7 +8,6 @@ themselves in the optimizer step of iteration STOP_AT, the way Slurm signals eve
 from a timer. The pieces (argument checks, ranks and rendezvous URL from a faked JobEnvironment,
 the requeue decision, the sbatch file) are tested without running anything.
 """
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -24,22 +24,13 @@ import _engine_fixtures as fx
 
 submitit = pytest.importorskip("submitit")
 
+from afa_d2 import slurm_train, train_net  # noqa: E402
 from afa_d2.engine import slurm  # noqa: E402
 
 MAX_ITER = 8
 STOP_AT = 5  # the iteration in whose optimizer step the requeue signal arrives; the last checkpoint is STOP_AT - 1
 OPTS = ["train.checkpointer.period=1", "train.checkpointer.max_to_keep=null", "train.eval_period=-1",
         "+train.deterministic=True"]
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("slurm_train", os.path.join(fx.REPO, "tools", "slurm_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-slurm_train = _load_tool()
 
 
 # -- the pieces -------------------------------------------------------------------------------------
@@ -126,8 +117,6 @@ def test_requeue_decision(monkeypatch):
     """checkpoint() (what submitit calls on the signal) resubmits the task with --resume; --eval-only
     unchanged; a job restarted by Slurm itself resumes too."""
     import argparse
-
-    import train_net  # noqa: F401  (the submitted main function; tests run from the repository root)
 
     args = argparse.Namespace(config_file="/abs/cfg.py", opts=["train.seed=0"], resume=False, eval_only=False,
                               num_gpus=1, num_machines=1, machine_rank=0, dist_url="tcp://127.0.0.1:1")
@@ -246,10 +235,8 @@ def test_parse_args_fills_the_job(tiny_cfg):
 
 # -- end to end: two tasks, stopped by the requeue signal, requeued, resumed ---------------------------
 def train_then_signal_at_stop(args):
-    """``train_net.main``, and in the first run of the job each task sends itself submitit's requeue
+    """``afa_d2.train_net.main``, and in the first run of the job each task sends itself submitit's requeue
     signal in the optimizer step of iteration STOP_AT (after its forward and backward)."""
-    import train_net
-
     if not args.resume:
         real_step, steps = torch.optim.AdamW.step, []
 

@@ -184,7 +184,7 @@ def test_unknown_arm_key_is_one_line_before_any_training(tmp_path):
 def test_same_seed_gives_arms_the_same_shared_parts_and_data_order(tmp_path, monkeypatch):
     monkeypatch.setenv("AFA_D2_CACHE", str(tmp_path / "cache"))
     from afa_d2.data import shapes_split_names
-    from afa_d2.engine.data import build_train_loader
+    from afa_d2.engine.train_loader import build_train_loader
     from afa_d2.engine.seeding import instantiate_seeded
     from afa_d2.study.runs import run_config
 

@@ -144,7 +144,7 @@ def test_metrics_json_cut_short_by_a_kill_still_reads_and_a_damaged_one_is_named
     a bad line elsewhere is damage, named by file and line."""
     import logging
 
-    from afa_d2.engine.runs import read_metrics
+    from afa_d2.engine.metrics_json import read_metrics
 
     run = _write_run(str(tmp_path / "killed"), R50.format("msca"), [(40.0, 35.0), (41.5, 36.5)])
     metrics = os.path.join(run, "metrics.json")

@@ -227,7 +227,7 @@ def test_yacs_yaml_path_trains_and_evaluates(data_root, tmp_path):
     path.write_text(YACS.format(train=train, val=val, out=out))
     from detectron2.engine import default_argument_parser
 
-    from afa_d2.engine.yacs import run_yacs
+    from afa_d2.engine.yacs_trainer import run_yacs
 
     results = run_yacs(default_argument_parser().parse_args(["--config-file", str(path)]))
     assert set(results) == {"bbox", "segm"}, results

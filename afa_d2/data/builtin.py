@@ -39,10 +39,6 @@ class DatasetNotFoundError(FileNotFoundError):
     """A registered dataset's json or image folder is missing."""
 
 
-def _datasets_root() -> str:
-    return os.environ.get("DETECTRON2_DATASETS", "datasets")
-
-
 def check_dataset_files(dataset_name: str) -> None:
     """Raise :class:`DatasetNotFoundError` when ``dataset_name``'s json file or image root is missing.
 

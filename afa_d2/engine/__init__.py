@@ -11,10 +11,10 @@ from .schedule import (
     fit_schedule_to_iters,
     resolve_epoch_schedule,
 )
-from .data import DeterministicTrainingSampler
 from .ddp import create_ddp_model
-from .evaluation import do_eval_only, do_test
+from .eval_loop import do_eval_only, do_test
 from .hooks import ProgressBar
+from .train_loader import DeterministicTrainingSampler
 from .train_loop import do_train
 
 __all__ = [

@@ -22,7 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter
 
-from .data import DeterministicTrainingSampler, mix_seed
+from .train_loader import DeterministicTrainingSampler, mix_seed
 
 __all__ = [
     "GradientClipper",

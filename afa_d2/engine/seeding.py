@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import ListConfig
 
-from .data import mix_seed
+from .train_loader import mix_seed
 
 __all__ = ["instantiate_seeded", "part_seed"]
 

@@ -1,7 +1,7 @@
 """Training on a Slurm cluster through submitit: one task per GPU, requeued on time-out or preemption.
 
-``tools/slurm_train.py`` submits ``train_net.py``'s ``main`` with :func:`submit`. The job asks for
-``nodes x gpus_per_node`` GPUs and runs one Slurm task per GPU (submitit's ``tasks_per_node``).
+``tools/slurm_train.py`` (:mod:`afa_d2.slurm_train`) submits ``afa_d2.train_net.main`` with :func:`submit`.
+The job asks for ``nodes x gpus_per_node`` GPUs and runs one Slurm task per GPU (submitit's ``tasks_per_node``).
 Each task (:class:`TrainingTask`):
 
 1. reads its place in the job from submitit's ``JobEnvironment`` (global rank, local rank, node,
@@ -181,7 +181,7 @@ class SlurmResources:
 
         Args:
             python_path (list[str]): folders put in front of ``PYTHONPATH`` in the job (where
-                the submitted function's module lives, e.g. the folder of ``train_net.py``).
+                the submitted function's module lives, e.g. the folder that holds ``afa_d2``).
         """
         setup = []
         if python_path:
@@ -304,7 +304,7 @@ class TrainingTask:
     """The function submitit runs in every task of the job; checkpointable (requeued with --resume).
 
     Args:
-        main_func (callable): ``main_func(args)``, e.g. ``train_net.main``; a module-level function
+        main_func (callable): ``main_func(args)``, e.g. ``afa_d2.train_net.main``; a module-level function
             (it is pickled by reference: its module must be importable in the job, see
             ``python_path`` of :func:`submit`).
         args (argparse.Namespace): ``train_net.py``'s arguments (``config_file``, ``opts``,
@@ -438,7 +438,7 @@ def submit(main_func: Callable[[argparse.Namespace], Any], args: argparse.Namesp
     """Submit ``main_func(args)`` as a job of ``resources.world_size`` tasks; returns the submitit job.
 
     Args:
-        main_func (callable): a module-level ``main_func(args)`` (``train_net.main``).
+        main_func (callable): a module-level ``main_func(args)`` (``afa_d2.train_net.main``).
         args (argparse.Namespace): ``train_net.py``'s arguments; ``config_file`` should be an
             absolute path (the tasks start in the submission's working directory on Slurm).
         resources (SlurmResources): nodes, GPUs, time limit, partition, ...

@@ -2,8 +2,8 @@
 
 Built from detectron2's pieces (``SimpleTrainer`` / ``AMPTrainer``, its hooks and writers,
 ``inference_on_dataset``) in the way of detectron2's ``tools/lazyconfig_train_net.py``, plus what a
-resumable, reproducible run needs: the resumable data stream (:mod:`.data`), per-step seeding and
-the other hooks (:mod:`.hooks`), DDP on CPU too (:mod:`.ddp`), evaluation (:mod:`.evaluation`).
+resumable, reproducible run needs: the resumable data stream (:mod:`.train_loader`), per-step seeding and
+the other hooks (:mod:`.hooks`), DDP on CPU too (:mod:`.ddp`), evaluation (:mod:`.eval_loop`).
 
 Exact resume needs: ``train.seed >= 0``, ``num_workers=0`` (worker processes re-seed
 themselves), and images of one orientation when aspect-ratio grouping is on (a grouped
@@ -21,10 +21,10 @@ from detectron2.engine.defaults import default_writers
 from detectron2.utils import comm
 
 from .checkpoint import AtomicCheckpointer
-from .data import DeferredLoader, build_train_loader
+from .train_loader import DeferredLoader, build_train_loader
 from .ddp import create_ddp_model
 from .deadline import ResizableLoopMixin, TimeBudget
-from .evaluation import do_test
+from .eval_loop import do_test
 from .hooks import GradientClipper, MetricWriters, PeakMemory, PeriodicEvaluation, ProgressBar, SamplerState, StepSeeder
 from .schedule import EpochStepMultiplier
 from .seeding import instantiate_seeded

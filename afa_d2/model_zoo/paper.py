@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-__all__ = ["PAPER_RESULTS", "PAPER_TABLE_VALUES", "paper_result", "paper_table_values"]
+__all__ = ["PAPER_RESULTS", "PAPER_TABLE_VALUES", "paper_table_values"]
 
 # config name -> (table, box AP, mask AP, FPS or None)
 _ROWS = {
@@ -41,11 +41,6 @@ _ROWS = {
 PAPER_RESULTS: Dict[str, Dict[str, Optional[float]]] = {
     name: {"table": table, "box_AP": box, "mask_AP": mask, "fps": fps} for name, (table, box, mask, fps) in _ROWS.items()
 }
-
-
-def paper_result(config_name: str) -> Optional[Dict[str, Optional[float]]]:
-    """The paper's row for a config name ("COCO/mask_rcnn_R_50_mssa_1x.py"), or None."""
-    return PAPER_RESULTS.get(config_name)
 
 
 #: Where a table prints other numbers for a config than its PAPER_RESULTS row (its Table 1 / 3 row):

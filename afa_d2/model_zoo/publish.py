@@ -121,7 +121,7 @@ def read_run(run_dir: str) -> Dict[str, Any]:
             logger.warning("Could not read %s: %s", config_yaml, e)
     metrics_json = os.path.join(run_dir, "metrics.json")
     if os.path.isfile(metrics_json):
-        from afa_d2.engine.runs import read_metrics
+        from afa_d2.engine.metrics_json import read_metrics
 
         rows = read_metrics(metrics_json)  # ValueError naming the line where it is damaged
         evals = [r for r in rows if "bbox/AP" in r]

@@ -48,13 +48,13 @@ def shapes_config(config: str, run_dir: str, *, num_train: int, num_val: int, se
                   workers: Optional[int] = None, opts: Sequence[str] = (), device: Optional[str] = None):
     """The LazyConfig of ``config`` (a zoo name or a file) with ``opts``, set to train on ``shapes``: the splits of
     ``num_train`` / ``num_val`` images, ``run_dir``, ``seed``, the loader ``workers`` (default:
-    :func:`~afa_d2.engine.runs.cpu_loader_workers`) and ``device`` (default: the config's where CUDA is there,
+    :func:`~afa_d2.engine.cpu_training.cpu_loader_workers`) and ``device`` (default: the config's where CUDA is there,
     else "cpu"). The schedule is the config's (:func:`fit_run_schedule` re-sizes it)."""
     import torch
 
     from afa_d2.data import shapes_split_names
     from afa_d2.engine import load_config
-    from afa_d2.engine.runs import cpu_loader_workers
+    from afa_d2.engine.cpu_training import cpu_loader_workers
 
     names = shapes_split_names(num_train, num_val)
     cfg = load_config(_config_file(config), list(opts))
@@ -115,7 +115,8 @@ def train_and_time(cfg, config: str, opts: Sequence[str] = (), *, resume: bool =
         after one untimed; None for 0 images).
     """
     from afa_d2.engine import do_train
-    from afa_d2.engine.runs import first_test_batches, log_to_file, seconds_per_image
+    from afa_d2.engine.cpu_training import log_to_file
+    from afa_d2.engine.inference_timing import first_test_batches, seconds_per_image
     from afa_d2.engine.train_loop import default_setup
 
     from .build import build_model

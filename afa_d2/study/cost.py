@@ -71,8 +71,8 @@ def measure_timings(design: StudyDesign, output_dir: str, *, rounds: int = 5, im
     import torch
     from detectron2.utils.events import EventStorage
 
-    from afa_d2.engine.data import build_train_loader
-    from afa_d2.engine.runs import first_test_batches
+    from afa_d2.engine.train_loader import build_train_loader
+    from afa_d2.engine.inference_timing import first_test_batches
 
     torch.set_num_threads(design.recipe.threads)
     models, inputs, batch = {}, None, None

@@ -158,7 +158,7 @@ def _clear_attempt(path: str, resume_iter: Optional[int]) -> None:
     metrics = os.path.join(path, "metrics.json")
     if os.path.isfile(metrics):
         from afa_d2.storage import atomic_write_text
-        from afa_d2.engine.runs import read_metrics
+        from afa_d2.engine.metrics_json import read_metrics
 
         rows = read_metrics(metrics) if resume_iter is not None else []
         kept = [r for r in rows if r.get("iteration", -1) <= resume_iter] if resume_iter is not None else []

@@ -1,4 +1,5 @@
-"""Evaluation: the config's evaluator, ``do_test``, and ``--eval-only``."""
+"""The evaluation loop: the config's evaluator, ``do_test``, and ``--eval-only`` (the counterpart of
+:mod:`.train_loop`; the evaluators themselves are :mod:`afa_d2.evaluation`)."""
 from __future__ import annotations
 
 import logging
