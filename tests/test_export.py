@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import export
+from afa_d2 import compat, export
+from afa_d2.export import tracing
 from afa_d2.model_zoo import CheckpointMismatchError, get_config
 from afa_d2.modeling.inference import raw_inference
 from _engine_fixtures import one_thread  # noqa: F401  (autouse: one thread for this module)
@@ -125,10 +126,10 @@ def test_tracing_adapter_is_detectron2s_on_this_build():
 
 def test_the_traced_function_is_raw_inference(monkeypatch):
     calls = []
-    monkeypatch.setattr(export, "raw_inference", lambda m, inputs: calls.append(m) or raw_inference(m, inputs))
+    monkeypatch.setattr(tracing, "raw_inference", lambda m, inputs: calls.append(m) or raw_inference(m, inputs))
     model = _dense_model("retinanet", "mssa")
     with torch.no_grad():
-        out = export._inference(model, [{"image": _image(*SIZES[0])}])
+        out = tracing.traced_inference(model, [{"image": _image(*SIZES[0])}])
     assert calls == [model] and len(out[0]["instances"]) > 0
 
 
@@ -216,7 +217,7 @@ def test_one_stage_detectors_export_and_equal_pytorch(tmp_path, kind, op):
 
 
 def test_one_stage_topk_cap_needs_the_traced_clamp_on_detectron2_v0_6(tmp_path, monkeypatch):
-    """Without :func:`afa_d2.export._traceable_min`, detectron2 v0.6's graph keeps the sample's uncapped count
+    """Without :func:`afa_d2.compat.traceable_min`, detectron2 v0.6's graph keeps the sample's uncapped count
     on a level the sample left under the cap (too many detections on a larger input); later detectron2
     clamps the traced count itself and needs nothing."""
     import inspect
@@ -224,7 +225,7 @@ def test_one_stage_topk_cap_needs_the_traced_clamp_on_detectron2_v0_6(tmp_path, 
     from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
     v0_6 = "min(topk_candidates" in inspect.getsource(DenseDetector._decode_per_level_predictions)
-    monkeypatch.setattr(export, "_traceable_min", min)
+    monkeypatch.setattr(compat, "traceable_min", min)
     model = _dense_model("retinanet", "mssa", max_detections=1000)
     info = export.export_model(model, str(tmp_path / "r.ts"), sample=_image(*SIZES[0]), verify=False)
     image = _image(*SIZES[1], seed=3)
