@@ -595,3 +595,16 @@ def test_bad_arguments_are_one_line(tmp_path):
         assert words in str(e.value) and "\n" not in str(e.value), (kwargs, str(e.value))
     with pytest.raises(export.ExportError, match="no such file"):
         export.ExportedModel(str(tmp_path / "none.onnx"))
+
+
+def test_every_format_is_one_backend_in_the_registry(tmp_path):
+    """Names, suffixes and default files come from ``formats.BACKENDS``, one ExportBackend a format."""
+    from afa_d2.export.formats import BACKENDS, output_path
+
+    assert export.EXPORT_FORMATS == tuple(BACKENDS) == ("onnx", "torchscript")
+    assert export.SUFFIXES == {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript"}
+    assert export.DEFAULT_FILES == {"onnx": "model.onnx", "torchscript": "model.ts"}
+    for name, backend in BACKENDS.items():
+        assert isinstance(backend, export.ExportBackend) and backend.name == name
+        assert all(export.format_of("m" + suffix.upper()) == name for suffix in backend.suffixes)
+        assert output_path(str(tmp_path), name) == os.path.join(str(tmp_path), backend.default_file)
