@@ -39,14 +39,21 @@ patch                  why
 Two v0.6 needs are met by dependencies rather than patches: ``model_zoo`` imports
 ``pkg_resources`` (pyproject pins ``setuptools<81``), and ``lvis`` / ``fast_eval_api``
 evaluation is replaced by ``faster-coco-eval`` in :mod:`afa_d2.evaluation`.
+
+Not applied at import, and no-ops on later official detectron2: what tracing a detector needs
+(:func:`tracing_adapter_class`; :func:`cascade_scale_gradient_as_identity` and
+:func:`dense_detector_traceable_min`, which :mod:`afa_d2.export` enters only while it traces).
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import logging
+import os
 import sys
 import types
-from typing import Dict
+from contextlib import contextmanager
+from typing import Dict, Iterator
 
 __all__ = [
     "MissingExtensionError",
@@ -54,11 +61,16 @@ __all__ = [
     "apply",
     "APPLIED",
     "autocast_state",
+    "cascade_scale_gradient_as_identity",
     "config_child",
+    "dense_detector_traceable_min",
     "distributed_worker",
     "end_process_group",
+    "identity_scale_gradient",
     "slurm_requeue_signal",
     "tensor_version",
+    "traceable_min",
+    "tracing_adapter_class",
     "trainer_hooks",
 ]
 
@@ -360,3 +372,108 @@ def replace_batched_nms(fn):
             sys.modules[name].batched_nms = original
 
     return restore
+# ------------------------------------------------------------------------------------------------
+# Tracing a detector (afa_d2.export): detectron2's private names replaced while a graph is traced.
+# Checked on the registry copy of detectron2 v0.6 with torch 2.14, and against the official source
+# of June 2026 (commit 02b5c4e), where each is a no-op.
+def tracing_adapter_class() -> type:
+    """detectron2's :class:`~detectron2.export.TracingAdapter`, on an official build and on the registry copy.
+
+    Why: v0.6's ``detectron2/export/__init__.py`` imports ``export/api.py``, which imports ``caffe2`` (gone
+    from PyTorch), so ``from detectron2.export import TracingAdapter`` fails there although
+    ``export/flatten.py`` (the adapter) needs nothing of it; later official versions import caffe2 only if
+    present. On such a build ``flatten.py`` is imported as a submodule of a bare package object (its folder
+    as ``__path__``, the ``__init__`` not run), and ``detectron2.export`` is left out of ``sys.modules``
+    again, as the failed import left it.
+    """
+    try:
+        from detectron2.export import TracingAdapter
+
+        return TracingAdapter
+    except ImportError as e:
+        if not str(getattr(e, "name", "") or "").startswith("caffe2"):
+            raise
+    import detectron2
+
+    name = "detectron2.export"
+    flatten = sys.modules.get(name + ".flatten")
+    if flatten is None:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [os.path.join(os.path.dirname(detectron2.__file__), "export")]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        try:
+            flatten = importlib.import_module(name + ".flatten")
+        finally:
+            sys.modules.pop(name, None)
+    return flatten.TracingAdapter
+
+
+def identity_scale_gradient(x, scale: float):
+    """What ``detectron2.modeling.roi_heads.cascade_rcnn._ScaleGradient.apply`` computes forward: ``x``."""
+    return x
+
+
+def traceable_min(*args, **kwargs):
+    """Python's ``min``, except that ``min(int, traced size)`` is ``torch.clamp(size, max=int)``.
+
+    detectron2 v0.6's ``DenseDetector._decode_per_level_predictions`` keeps
+    ``min(topk_candidates, topk_idxs.size(0))`` candidates a level. While tracing, the size is a
+    0-dim tensor, and ``min`` compares it with the int in Python: the graph keeps whichever won on the
+    sample, either the constant (right) or the sample's count with no cap (wrong on an input with more
+    candidates than ``topk_candidates``). Later detectron2 clamps the traced size instead, which is what
+    this returns; anything else goes to ``min`` unchanged.
+    """
+    import torch
+
+    if len(args) == 2 and not kwargs:
+        a, b = args
+        if isinstance(b, torch.Tensor) and isinstance(a, int) and not isinstance(a, bool):
+            return torch.clamp(b, max=a)
+        if isinstance(a, torch.Tensor) and isinstance(b, int) and not isinstance(b, bool):
+            return torch.clamp(a, max=b)
+    return min(*args, **kwargs)
+
+
+@contextmanager
+def cascade_scale_gradient_as_identity() -> Iterator[None]:
+    """Within the block, Cascade R-CNN's ``_ScaleGradient`` (private to ``detectron2.modeling.roi_heads.
+    cascade_rcnn``) is :func:`identity_scale_gradient`.
+
+    Why: v0.6's ``CascadeROIHeads._run_stage`` calls that autograd Function (identity forward, gradient
+    scaled by 1 / stages backward) at inference too; tracing keeps it as a Python op, which
+    ``torch.onnx.export`` inlines but TorchScript cannot script or save. Later detectron2 calls it only in
+    training, so nothing changes there. Nothing is patched where the module or the class is missing.
+    """
+    from unittest import mock
+
+    try:
+        from detectron2.modeling.roi_heads import cascade_rcnn
+    except ImportError:
+        cascade_rcnn = None
+    if not hasattr(cascade_rcnn, "_ScaleGradient"):
+        yield
+        return
+    with mock.patch.object(cascade_rcnn._ScaleGradient, "apply", identity_scale_gradient):
+        yield
+
+
+@contextmanager
+def dense_detector_traceable_min() -> Iterator[None]:
+    """Within the block, ``detectron2.modeling.meta_arch.dense_detector``'s ``min`` is :func:`traceable_min`.
+
+    Why: RetinaNet's and FCOS's per-level top-k on detectron2 v0.6 takes a Python ``min`` that a trace
+    freezes (see :func:`traceable_min`); with the stand-in the cap on candidates stays in the graph, as it
+    does on later versions, where the module's ``min`` only ever sees ints and the stand-in changes
+    nothing. Looked up when the block is entered, so a test can replace :func:`traceable_min`.
+    """
+    from unittest import mock
+
+    try:
+        from detectron2.modeling.meta_arch import dense_detector
+    except ImportError:
+        dense_detector = None
+    if dense_detector is None:
+        yield
+        return
+    with mock.patch.object(dense_detector, "min", traceable_min, create=True):
+        yield

@@ -172,3 +172,25 @@ def test_launch_two_processes_on_cpu(tmp_path):
     launch(_record_rank, 2, dist_url="auto", args=(str(tmp_path),))
     results = sorted(p.read_text() for p in tmp_path.iterdir())
     assert results == ["2 gloo 3.0", "2 gloo 3.0"]
+
+
+def test_tracing_shims_compute_the_forward_and_are_undone_after():
+    """The tracing shims of afa_d2.export: ``traceable_min`` clamps a traced size and is ``min`` otherwise;
+    the two context managers replace detectron2's private names inside the block only."""
+    import torch
+    from detectron2.modeling.meta_arch import dense_detector
+    from detectron2.modeling.roi_heads import cascade_rcnn
+
+    capped = compat.traceable_min(200, torch.tensor(324))
+    assert isinstance(capped, torch.Tensor) and int(capped) == 200
+    assert int(compat.traceable_min(torch.tensor(162), 200)) == 162
+    assert compat.traceable_min(3, 5) == 3 and compat.traceable_min([4, 2, 7]) == 2
+    assert compat.traceable_min(True, torch.tensor(5)) is True  # a bool is not a count: Python's min, no clamp
+    x = torch.randn(4)
+    assert compat.identity_scale_gradient(x, 0.5) is x
+
+    apply, had_min = cascade_rcnn._ScaleGradient.apply, hasattr(dense_detector, "min")
+    with compat.cascade_scale_gradient_as_identity(), compat.dense_detector_traceable_min():
+        assert cascade_rcnn._ScaleGradient.apply is compat.identity_scale_gradient
+        assert dense_detector.min is compat.traceable_min
+    assert cascade_rcnn._ScaleGradient.apply == apply and hasattr(dense_detector, "min") == had_min

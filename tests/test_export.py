@@ -6,7 +6,6 @@ compare; and tests/test_detectors.py's tiny RetinaNet and FCOS (``configs/common
 a few-thousand-parameter ResNet). Inputs are not multiples of 32 (97x131 and 150x203, padded to 128x160
 and 160x224). PyTorch's side is :func:`afa_d2.modeling.inference.raw_inference`, what the export traces.
 """
-import importlib.util
 import json
 import os
 import sys
@@ -16,13 +15,14 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import export
+from afa_d2 import compat, export
+from afa_d2.export import cli as export_cli
+from afa_d2.export import tracing
 from afa_d2.model_zoo import CheckpointMismatchError, get_config
 from afa_d2.modeling.inference import raw_inference
 from _engine_fixtures import one_thread  # noqa: F401  (autouse: one thread for this module)
 from test_detectors import _build, afpn_config  # the tiny RetinaNet / FCOS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(97, 131), (150, 203)]
 ATOL = 1e-3
 DENSE_OUTPUTS = ["pred_boxes", "pred_classes", "scores", "image_size"]
@@ -109,13 +109,6 @@ def _assert_plain_attention(graph, levels=(2, 3, 4, 5)):
     assert all(name.endswith("/mlp/dwconv/Conv") for name in convs) and len(convs) == len(levels), convs
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location("_tool_" + name, os.path.join(REPO, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # ------------------------------------------------------------------------------------ the adapter
 def test_tracing_adapter_is_detectron2s_on_this_build():
     cls = export.tracing_adapter_class()
@@ -125,10 +118,10 @@ def test_tracing_adapter_is_detectron2s_on_this_build():
 
 def test_the_traced_function_is_raw_inference(monkeypatch):
     calls = []
-    monkeypatch.setattr(export, "raw_inference", lambda m, inputs: calls.append(m) or raw_inference(m, inputs))
+    monkeypatch.setattr(tracing, "raw_inference", lambda m, inputs: calls.append(m) or raw_inference(m, inputs))
     model = _dense_model("retinanet", "mssa")
     with torch.no_grad():
-        out = export._inference(model, [{"image": _image(*SIZES[0])}])
+        out = tracing.traced_inference(model, [{"image": _image(*SIZES[0])}])
     assert calls == [model] and len(out[0]["instances"]) > 0
 
 
@@ -216,7 +209,7 @@ def test_one_stage_detectors_export_and_equal_pytorch(tmp_path, kind, op):
 
 
 def test_one_stage_topk_cap_needs_the_traced_clamp_on_detectron2_v0_6(tmp_path, monkeypatch):
-    """Without :func:`afa_d2.export._traceable_min`, detectron2 v0.6's graph keeps the sample's uncapped count
+    """Without :func:`afa_d2.compat.traceable_min`, detectron2 v0.6's graph keeps the sample's uncapped count
     on a level the sample left under the cap (too many detections on a larger input); later detectron2
     clamps the traced count itself and needs nothing."""
     import inspect
@@ -224,7 +217,7 @@ def test_one_stage_topk_cap_needs_the_traced_clamp_on_detectron2_v0_6(tmp_path, 
     from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
     v0_6 = "min(topk_candidates" in inspect.getsource(DenseDetector._decode_per_level_predictions)
-    monkeypatch.setattr(export, "_traceable_min", min)
+    monkeypatch.setattr(compat, "traceable_min", min)
     model = _dense_model("retinanet", "mssa", max_detections=1000)
     info = export.export_model(model, str(tmp_path / "r.ts"), sample=_image(*SIZES[0]), verify=False)
     image = _image(*SIZES[1], seed=3)
@@ -281,7 +274,7 @@ def test_run_exported_without_masks(tmp_path, capsys):
     drawn = cv2.imread(str(tmp_path / "dets.png"), cv2.IMREAD_COLOR)
     assert drawn.shape == (100, 140, 3) and np.abs(drawn.astype(int) - bgr.astype(int)).mean() > 1, "nothing drawn"
 
-    code = _tool("run_exported").main([info.path, image_file, "--output", str(tmp_path / "t.json")])
+    code = export_cli.run_main([info.path, image_file, "--output", str(tmp_path / "t.json")])
     printed = capsys.readouterr().out
     assert code == 0 and (tmp_path / "t.png").is_file() and not (tmp_path / "t_ids.png").exists()
     assert "25 detections" in printed and "_ids.png" not in printed, printed
@@ -520,15 +513,14 @@ def test_tools_export_a_config_with_weights_then_run_it(tmp_path, capsys):
     weights = str(tmp_path / "w.pth")
     torch.save({"model": model.state_dict()}, weights)
     out = str(tmp_path / "exp")
-    code = _tool("export_model").main(["--config", "shapes/mask_rcnn_R_18_mssa.py", "--weights", weights,
-                                       "--output", out, "--height", "97", "--width", "131", *opts])
+    code = export_cli.export_main(["--config", "shapes/mask_rcnn_R_18_mssa.py", "--weights", weights,
+                                   "--output", out, "--height", "97", "--width", "131", *opts])
     printed = capsys.readouterr().out
     assert code == 0 and "ONNX opset 17" in printed and "short edge 192" in printed, printed
     bgr = (np.random.default_rng(6).random((97, 131, 3)) * 255).astype(np.uint8)
     image_file = str(tmp_path / "im.png")
     assert cv2.imwrite(image_file, bgr)
-    code = _tool("run_exported").main([os.path.join(out, "model.onnx"), image_file, "--output",
-                                       str(tmp_path / "d.json")])
+    code = export_cli.run_main([os.path.join(out, "model.onnx"), image_file, "--output", str(tmp_path / "d.json")])
     assert code == 0 and (tmp_path / "d.json").is_file() and (tmp_path / "d.png").is_file()
     assert (tmp_path / "d_ids.png").is_file()
     with open(tmp_path / "d.json") as f:
@@ -549,9 +541,9 @@ def test_tools_export_a_config_with_weights_then_run_it(tmp_path, capsys):
 
 
 def test_tools_help():
-    for name in ("export_model", "run_exported"):
+    for parse in (export_cli.parse_export_args, export_cli.parse_run_args):
         with pytest.raises(SystemExit) as e:
-            _tool(name).parse_args(["--help"])
+            parse(["--help"])
         assert e.value.code == 0
 
 
@@ -563,7 +555,7 @@ def test_unreadable_or_missing_image_is_one_line(tmp_path, msca_onnx_97x131):
         with pytest.raises(export.ExportError) as e:
             export.run_exported(msca_onnx_97x131[1].path, path)
         assert words in str(e.value) and path in str(e.value) and "\n" not in str(e.value), str(e.value)
-    code = _tool("run_exported").main([msca_onnx_97x131[1].path, str(bad), "--output", str(tmp_path / "d.json")])
+    code = export_cli.run_main([msca_onnx_97x131[1].path, str(bad), "--output", str(tmp_path / "d.json")])
     assert code == 2 and not (tmp_path / "d.json").exists()
 
 
@@ -603,3 +595,16 @@ def test_bad_arguments_are_one_line(tmp_path):
         assert words in str(e.value) and "\n" not in str(e.value), (kwargs, str(e.value))
     with pytest.raises(export.ExportError, match="no such file"):
         export.ExportedModel(str(tmp_path / "none.onnx"))
+
+
+def test_every_format_is_one_backend_in_the_registry(tmp_path):
+    """Names, suffixes and default files come from ``formats.BACKENDS``, one ExportBackend a format."""
+    from afa_d2.export.formats import BACKENDS, output_path
+
+    assert export.EXPORT_FORMATS == tuple(BACKENDS) == ("onnx", "torchscript")
+    assert export.SUFFIXES == {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript"}
+    assert export.DEFAULT_FILES == {"onnx": "model.onnx", "torchscript": "model.ts"}
+    for name, backend in BACKENDS.items():
+        assert isinstance(backend, export.ExportBackend) and backend.name == name
+        assert all(export.format_of("m" + suffix.upper()) == name for suffix in backend.suffixes)
+        assert output_path(str(tmp_path), name) == os.path.join(str(tmp_path), backend.default_file)
