@@ -434,7 +434,7 @@ def test_roialign_aligned_exact_at_opset_17_half_pixel_off_at_11(tmp_path, sampl
 def test_attention_exports_as_plain_ops_even_when_conv_kernels_are_forced(tmp_path, monkeypatch):
     import onnxruntime as ort
 
-    from afa_d2.modeling import kernels
+    from afa_d2.execution import kernels
 
     import onnx
 

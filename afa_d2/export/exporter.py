@@ -32,6 +32,7 @@ from afa_d2.export.inputs import as_model_input, config_resize, resize_aug, samp
 from afa_d2.export.onnx import DEFAULT_OPSET, check_opset
 from afa_d2.export.runner import ExportedModel
 from afa_d2.export.sizes import graph_sizes
+from afa_d2.model_zoo.build import input_format as config_input_format
 from afa_d2.export.tracing import (check_exportable, describe_model, output_names, prepared_for_tracing,
                                    traced_inference)
 
@@ -246,7 +247,7 @@ def export_config(
     :func:`export_model`.
     """
     model, cfg = load_model(config, weights, overrides, device=device)
-    input_format = cfg.model.get("input_format", "BGR")
+    input_format = config_input_format(cfg)
     resize = config_resize(cfg)
     if sample_image is not None:
         array = as_model_input(sample_image, input_format)

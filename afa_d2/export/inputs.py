@@ -55,16 +55,13 @@ def resize_aug(resize: Optional[Dict[str, Any]]):
 def config_resize(cfg) -> Optional[Dict[str, Any]]:
     """The config's test-time ResizeShortestEdge as a record, None without one; ExportError for
     other augmentations (the runner could not repeat them)."""
-    from detectron2.config import instantiate
     from detectron2.data import transforms as T
 
-    try:
-        augs = cfg.dataloader.test.mapper.get("augmentations", None)
-    except Exception:  # no dataloader.test in this config
+    from afa_d2.model_zoo.build import inference_augmentations
+
+    built = inference_augmentations(cfg)
+    if not built:
         return None
-    if not augs:
-        return None
-    built = [instantiate(a) for a in augs]
     if len(built) != 1 or not isinstance(built[0], T.ResizeShortestEdge):
         raise ExportError("the config's test augmentations {} are not one ResizeShortestEdge; the exported runner "
                           "only repeats that one".format([type(a).__name__ for a in built]))
