@@ -12,13 +12,14 @@ Three views, each over one or more checkpoints of any afa_d2 config:
 * **energy**: the energy of each pyramid level (mean squared activation, or the mean L2 norm over
   channels) of every checkpoint, side by side.
 
-The attention weights are recomputed from each block's own weights (its LayerNorms, ``q`` and ``kv``
-linears, pooling) on the block's inputs, captured by forward hooks on the aggregation modules during the
-model's own backbone forward: the model's code is not changed. :func:`attention_inputs` turns the captured
-``(F_i, P_{i+1})`` into MS-Att's query and key/value maps exactly as the operator does (MSSA:
-``R_i = F_i + Up(P_{i+1})`` for both; MSCA: ``F_i`` and ``Up(P_{i+1})``); the tests check that the
-recomputed block output equals the captured one and that the weights reproduce the block's
-``scaled_dot_product_attention``.
+The attention weights are the blocks' own: forward hooks on the aggregation modules capture each
+block's inputs ``(F_i, P_{i+1})`` during the model's own backbone forward (the model's code is not
+changed); the operator turns them into MS-Att's query and key/value maps
+(``Aggregation.attention_inputs``, what its reference path attends with), and
+:meth:`~afa_d2.modeling.MSAttention.attention_weights` gives the softmax over the pooled tokens, each
+token's window read from :meth:`~afa_d2.modeling.MSAttention.pool_windows`. The tests check that the
+block recomputed from the captured inputs gives the captured output and that the weights reproduce the
+block's ``scaled_dot_product_attention``.
 
 Checkpoints are named by a *model spec*: ``CONFIG=WEIGHTS`` (a zoo name or config file, and a
 checkpoint), a published checkpoint alone (its ``afa_d2_metadata`` names its config), or ``CONFIG``
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 import os
 import sys
 from collections import OrderedDict
@@ -54,9 +54,7 @@ __all__ = [
     "PoolRegions",
     "QueryAttention",
     "VisualizeInputError",
-    "attention_inputs",
     "attention_maps",
-    "attention_weights",
     "capture_aggregations",
     "dataset_records",
     "draw_attention",
@@ -411,61 +409,6 @@ def capture_aggregations(model: nn.Module, inputs: List[dict]) -> "OrderedDict[s
     return OrderedDict(sorted(blocks.items(), key=lambda kv: int(kv[0][1:])))
 
 
-def attention_inputs(module: nn.Module, lateral: Tensor, top_down: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """MS-Att's query and key/value maps of an aggregation block, from its inputs.
-
-    MSSA (eqs. 1-2): ``R_i = F_i + Up(P_{i+1})`` is both (``F`` on the top level). MSCA (eqs. 3-4):
-    query ``F_i``, key/value ``Up(P_{i+1})`` (``F`` on the top level).
-
-    Args:
-        module: an MSSA or MSCA aggregation module.
-        lateral: ``F_i``, Tensor of shape (N, C, H, W).
-        top_down: ``P_{i+1}``, Tensor of shape (N, C, h, w), or None on the top level.
-
-    Returns:
-        (x_q, x_kv): Tensors of shape (N, C, H, W) each.
-    """
-    from afa_d2.modeling.aggregation import MSCAAggregation, MSSAAggregation
-
-    if isinstance(module, MSSAAggregation):
-        r = lateral if top_down is None else lateral + module.up(top_down, lateral)
-        return r, r
-    if isinstance(module, MSCAAggregation):
-        return lateral, (lateral if top_down is None else module.up(top_down, lateral))
-    raise VisualizeInputError("{} has no attention (valid: MSSA or MSCA blocks)".format(type(module).__name__))
-
-
-def attention_weights(attn: nn.Module, x_q: Tensor, x_kv: Tensor, queries: Sequence[Tuple[int, int]]) -> Tensor:
-    """``softmax(Q K^T / sqrt(d))`` of an :class:`~afa_d2.modeling.MSAttention` at some query positions.
-
-    Recomputed from the block's own weights: ``Q = W_q LN_q(f_q)``, ``K = W_k LN_kv(f_kv)`` with
-    ``f_kv = attn.kv_tokens(x_kv)`` (eqs. 5-6).
-
-    Args:
-        attn: the MSAttention of the block.
-        x_q: Tensor of shape (N, C, H, W), the query map.
-        x_kv: Tensor of shape (N, C, H', W'), the key/value map.
-        queries: (row, col) cells of the query grid.
-
-    Returns:
-        Tensor of shape (N, heads, Q, M): each query's weights over the M pooled tokens (sum 1 over M).
-    """
-    n, c, h, w = x_q.shape
-    for r, col in queries:
-        if not (0 <= r < h and 0 <= col < w):
-            raise VisualizeInputError("query cell ({}, {}) is outside the {}x{} grid".format(r, col, h, w))
-    idx = torch.tensor([r * w + col for r, col in queries], device=x_q.device)
-    with torch.no_grad():
-        f_q = x_q.flatten(2).transpose(1, 2)[:, idx]  # (N, Q, C)
-        f_kv = attn.kv_tokens(x_kv)  # (N, M, C)
-        m = f_kv.shape[1]
-        heads, d = attn.num_heads, attn.head_dim
-        q = attn.q(attn.norm_q(f_q)).reshape(n, len(queries), heads, d).transpose(1, 2)  # (N, heads, Q, d)
-        kv = attn.kv(attn.norm_kv(f_kv)).reshape(n, m, 2, heads, d).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, d)
-        logits = q.float() @ kv[0].float().transpose(-2, -1) / math.sqrt(d)  # (N, heads, Q, M)
-        return logits.softmax(dim=-1)
-
-
 @dataclass
 class PoolRegions:
     """Where one pool's tokens come from on the key/value map.
@@ -481,16 +424,6 @@ class PoolRegions:
     boxes: np.ndarray
 
 
-def _window_edges(size: int, kernel: int) -> List[Tuple[int, int]]:
-    """Windows of an average pool with kernel = stride = ``kernel`` and ceil_mode (the last one clipped)."""
-    return [(a, min(a + kernel, size)) for a in range(0, size, kernel)]
-
-
-def _adaptive_edges(size: int, out: int) -> List[Tuple[int, int]]:
-    """Windows of ``adaptive_avg_pool`` from ``size`` to ``out``: [floor(i*size/out), ceil((i+1)*size/out))."""
-    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
-
-
 def kv_token_regions(attn: nn.Module, kv_hw: Tuple[int, int]) -> List[PoolRegions]:
     """The window of every pooled key/value token of ``attn`` on a key/value map of size ``kv_hw``.
 
@@ -504,18 +437,8 @@ def kv_token_regions(attn: nn.Module, kv_hw: Tuple[int, int]) -> List[PoolRegion
     Returns:
         list[PoolRegions]: one per pool (two for multi-scale, strides r and 2r).
     """
-    h, w = int(kv_hw[0]), int(kv_hw[1])
-    pools = []
-    for pool in attn.pool_windows(h, w):
-        if pool.kernel is None:  # adaptive
-            pools.append((pool.name, _adaptive_edges(h, pool.out[0]), _adaptive_edges(w, pool.out[1])))
-        else:
-            pools.append((pool.name, _window_edges(h, pool.kernel[0]), _window_edges(w, pool.kernel[1])))
-    out = []
-    for name, rows, cols in pools:
-        boxes = np.array([(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols], dtype=np.int64)
-        out.append(PoolRegions(name, (len(rows), len(cols)), boxes))
-    return out
+    return [PoolRegions(pool.name, pool.out, np.array(pool.token_windows(), dtype=np.int64).reshape(-1, 4))
+            for pool in attn.pool_windows(int(kv_hw[0]), int(kv_hw[1]))]
 
 
 def paint_tokens(weights: np.ndarray, boxes: np.ndarray, grid_hw: Tuple[int, int]) -> np.ndarray:
@@ -610,8 +533,6 @@ def attention_maps(lm: LoadedModel, rgb: np.ndarray, points: Sequence[Tuple[floa
     Raises:
         VisualizeInputError: a point outside the image, a level without attention, a model without attention.
     """
-    from afa_d2.modeling.aggregation import MSSAAggregation
-
     if not points:
         raise VisualizeInputError("no query point: pass --point X Y or --grid RxC")
     image_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
@@ -634,15 +555,17 @@ def attention_maps(lm: LoadedModel, rgb: np.ndarray, points: Sequence[Tuple[floa
     in_xy = prep.transforms.apply_coords(np.asarray(points, dtype=np.float64).reshape(-1, 2))  # network input (x, y)
     results = [QueryAttention((float(x), float(y)), image_hw, prep.input_hw) for x, y in points]
     for level, block in blocks.items():
-        x_q, x_kv = attention_inputs(block.module, block.lateral, block.top_down)
+        x_q, x_kv = block.module.attention_inputs(block.lateral, block.top_down)
         h, w = int(x_q.shape[-2]), int(x_q.shape[-1])
         s = strides[level]
         cells = [(min(max(int(y // s), 0), h - 1), min(max(int(x // s), 0), w - 1)) for x, y in in_xy]
-        weights = attention_weights(block.module.attn, x_q, x_kv, cells)[0].cpu().numpy()  # (heads, Q, M)
+        with torch.no_grad():
+            weights = block.module.attn.attention_weights(x_q, x_kv, [r * w + c for r, c in cells])
+        weights = weights[0].cpu().numpy()  # (heads, Q, M)
         pools = kv_token_regions(block.module.attn, (int(x_kv.shape[-2]), int(x_kv.shape[-1])))
-        op = "MSSA" if isinstance(block.module, MSSAAggregation) else "MSCA"
         for k, qa in enumerate(results):
-            qa.levels.append(LevelAttention(level, op, s, cells[k], weights[:, k].astype(np.float64), pools,
+            qa.levels.append(LevelAttention(level, block.module.label, s, cells[k],
+                                            weights[:, k].astype(np.float64), pools,
                                             (int(x_kv.shape[-2]), int(x_kv.shape[-1]))))
     return results
 

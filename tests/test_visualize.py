@@ -155,11 +155,12 @@ def test_recomputed_attention_is_the_blocks_own(setup):
             with torch.no_grad():
                 again = b.module.forward_reference(b.lateral, b.top_down)
             assert (again - b.output).abs().max() < 1e-4, (op, level)
-            x_q, x_kv = vis.attention_inputs(b.module, b.lateral, b.top_down)
+            x_q, x_kv = b.module.attention_inputs(b.lateral, b.top_down)
             attn = b.module.attn
             h, w = x_q.shape[-2:]
             cells = [(0, 0), (h - 1, w - 1), (h // 2, w // 3)]
-            weights = vis.attention_weights(attn, x_q, x_kv, cells)  # (1, heads, 3, M)
+            with torch.no_grad():
+                weights = attn.attention_weights(x_q, x_kv, [r * w + c for r, c in cells])  # (1, heads, 3, M)
             with torch.no_grad():
                 f_q = x_q.flatten(2).transpose(1, 2)
                 q = attn.q(attn.norm_q(f_q)).view(1, h * w, attn.num_heads, attn.head_dim).transpose(1, 2)
