@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import analysis
+from afa_d2.inspection import analysis
 from afa_d2.model_zoo import CheckpointMismatchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import os
 import pytest
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import tables
+from afa_d2.inspection import tables
 from afa_d2.model_zoo import get_config
 from afa_d2.model_zoo.paper import PAPER_RESULTS
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import visualize as vis
-from afa_d2.analysis import build_model, load_any_config
+from afa_d2.inspection import visualize as vis
+from afa_d2.model_zoo.build import build_model, load_any_config
 from afa_d2.modeling import MSAttention
 
 DATASET = "afa_d2_visualize_test"

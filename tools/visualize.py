@@ -10,12 +10,12 @@
     # energy of p2..p6 per operator
     python tools/visualize.py energy --model SUM.pth --model MSSA.pth --model MSCA.pth --dataset shapes_val
 
-See :mod:`afa_d2.visualize` (``python tools/visualize.py <command> --help``).
+See :mod:`afa_d2.inspection.visualize` (``python tools/visualize.py <command> --help``).
 """
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.visualize import main
+from afa_d2.inspection.visualize import main
 
 if __name__ == "__main__":
     sys.exit(main())

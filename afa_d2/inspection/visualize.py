@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from afa_d2.model_zoo.build import build_model, inference_augmentations, input_format, load_any_config
 
 from .analysis import AnalysisInputError, find_pyramid, operator_label
-from .cli import known_errors, one_line
+from afa_d2.cli import known_errors, one_line
 
 __all__ = [
     "DPI",
