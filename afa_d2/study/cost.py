@@ -25,8 +25,9 @@ def count_arm(design: StudyDesign, arm: Arm, output_dir: str) -> Dict:
     """Parameters and inference GFLOPs (multiply-adds) of ``arm``'s model at its config's test image size."""
     import torch
 
-    from afa_d2.inspection.analysis import analyze_model, default_image_size
     from afa_d2.engine.seeding import instantiate_seeded
+    from afa_d2.inspection.analysis import analyze_model
+    from afa_d2.model_zoo.build import default_image_size
 
     cfg = run_config(design, arm, 0, output_dir)
     model = instantiate_seeded(cfg.model, 0).eval()
