@@ -2,7 +2,7 @@
 by side on a quiet host.
 
 Parameters and FLOPs do not depend on the host: they are counted once per arm when the study is written
-(``afa_d2.analysis``: fvcore with the attention matmuls counted, on one image of the config's test size).
+(``afa_d2.inspection.analysis``: fvcore with the attention matmuls counted, on one image of the config's test size).
 Timings do depend on the host and its load: the runs record their own (while other runs share the host),
 and :func:`measure_timings` (``tools/study.py --time``) measures every arm in one process, interleaved
 round by round, on the same val images and the same training batch, as medians and ratios to each
