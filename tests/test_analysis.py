@@ -1,4 +1,4 @@
-"""afa_d2.analysis / tools/analyze_model.py: FLOPs per module and per pyramid level with attention counted,
+"""afa_d2.inspection.analysis / tools/analyze_model.py: FLOPs per module and per pyramid level with attention counted,
 activations, parameters, structure, on random weights or a checkpoint; bad input is one line."""
 import os
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import analysis
+from afa_d2.inspection import analysis, cli
 from afa_d2.model_zoo import CheckpointMismatchError
+from afa_d2.model_zoo.build import build_model, default_image_size, load_any_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 128, 160  # divisible by 32: p2..p5 grids 32x40, 16x20, 8x10, 4x5
@@ -25,8 +26,8 @@ def _tokens(h, w, r):
 
 @pytest.fixture(scope="module")
 def msca_model():
-    cfg = analysis.load_any_config("shapes/mask_rcnn_R_18_msca.py")
-    return analysis.build_model(cfg, seed=0)
+    cfg = load_any_config("shapes/mask_rcnn_R_18_msca.py")
+    return build_model(cfg, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,8 @@ def test_parameter_activation_structure(msca_result, msca_model):
 
 
 def test_sum_has_no_attention_and_costs_less():
-    cfg = analysis.load_any_config(os.path.join(REPO, "configs", "shapes", "mask_rcnn_R_18_sum.py"))
-    model = analysis.build_model(cfg, seed=0)
+    cfg = load_any_config(os.path.join(REPO, "configs", "shapes", "mask_rcnn_R_18_sum.py"))
+    model = build_model(cfg, seed=0)
     res = analysis.analyze_model(model, ["flop"], (H, W))
     assert res["operator"] == "sum-up (FPN)"
     assert all(v["attention"] == 0 for v in res["flop"]["by_level"].values())
@@ -86,15 +87,15 @@ def test_sum_has_no_attention_and_costs_less():
 
 
 def test_command_line_with_op_and_checkpoint(tmp_path, capsys):
-    cfg = analysis.load_any_config("shapes/mask_rcnn_R_18_mssa.py")
-    model = analysis.build_model(cfg, seed=3)
+    cfg = load_any_config("shapes/mask_rcnn_R_18_mssa.py")
+    model = build_model(cfg, seed=3)
     path = str(tmp_path / "mssa.pth")
     torch.save({"model": model.state_dict()}, path)
-    loaded = analysis.build_model(cfg, path, seed=7)  # another seed: every weight must come from the file
+    loaded = build_model(cfg, path, seed=7)  # another seed: every weight must come from the file
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     # --op mssa turns the sum config into the checkpoint's model; --tasks swallows no override
-    rc = analysis.main(["--config", "shapes/mask_rcnn_R_18_sum.py", "--op", "mssa", "--weights", path,
+    rc = cli.analyze_main(["--config", "shapes/mask_rcnn_R_18_sum.py", "--op", "mssa", "--weights", path,
                         "--height", "96", "--width", "128", "--tasks", "flop", "parameter",
                         "model.roi_heads.box_predictor.test_topk_per_image=5"])
     out = capsys.readouterr().out
@@ -104,19 +105,19 @@ def test_command_line_with_op_and_checkpoint(tmp_path, capsys):
 
 
 def test_default_image_size_is_the_test_resize():
-    assert analysis.default_image_size(analysis.load_any_config("shapes/mask_rcnn_R_18_sum.py")) == (192, 336)
-    assert analysis.default_image_size(analysis.load_any_config("COCO/mask_rcnn_R_50_msca_1x.py")) == (800, 1333)
+    assert default_image_size(load_any_config("shapes/mask_rcnn_R_18_sum.py")) == (192, 336)
+    assert default_image_size(load_any_config("COCO/mask_rcnn_R_50_msca_1x.py")) == (800, 1333)
 
 
 def test_yacs_config_builds():
-    cfg = analysis.load_any_config("shapes/mask_rcnn_R_18_msca.yaml", ["MODEL.AFA.AGGREGATION=mssa"])
-    model = analysis.build_model(cfg)
+    cfg = load_any_config("shapes/mask_rcnn_R_18_msca.yaml", ["MODEL.AFA.AGGREGATION=mssa"])
+    model = build_model(cfg)
     res = analysis.analyze_model(model, ["parameter", "structure"], (64, 64))
     assert res["operator"] == "MSSA" and res["parameter"]["total"] == sum(p.numel() for p in model.parameters())
 
 
 def _error(capsys, argv):
-    assert analysis.main(argv) == 2
+    assert cli.analyze_main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err
     return err[0]
@@ -134,7 +135,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     line = _error(capsys, ["--config", "shapes/mask_rcnn_R_18_sum.py", "model.backbone.agregation=msca"])
     assert "agregation" in line and "model.backbone.aggregation" in line
     sum_weights = str(tmp_path / "sum.pth")
-    torch.save({"model": analysis.build_model(analysis.load_any_config("shapes/mask_rcnn_R_18_sum.py")).state_dict()},
+    torch.save({"model": build_model(load_any_config("shapes/mask_rcnn_R_18_sum.py")).state_dict()},
                sum_weights)
     line = _error(capsys, ["--config", "shapes/mask_rcnn_R_18_msca.py", "--weights", sum_weights])
     assert "does not fit" in line and "fpn_aggregation" in line
@@ -143,7 +144,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     line = _error(capsys, ["--config", "shapes/mask_rcnn_R_18_msca.py", "--height", "0"])
     assert "--height 0" in line
     with pytest.raises(CheckpointMismatchError):
-        analysis.build_model(analysis.load_any_config("shapes/mask_rcnn_R_18_msca.py"), sum_weights)
+        build_model(load_any_config("shapes/mask_rcnn_R_18_msca.py"), sum_weights)
 
 
 @pytest.mark.parametrize("detector, top_in, top_channels", [("retinanet", "res5", 256), ("fcos", "p5", C)])
@@ -152,7 +153,7 @@ def test_one_stage_levels_p3_to_p5_and_the_p6_p7_top_block(detector, top_in, top
     MSCA's attention on p3..p5 with pool strides 64 / stride (8, 4, 2), none in p6-p7 nor anywhere for sum."""
     by_op = {}
     for op in ("sum", "msca"):
-        model = analysis.build_model(analysis.load_any_config("shapes/{}_R_18_{}.py".format(detector, op)), seed=0)
+        model = build_model(load_any_config("shapes/{}_R_18_{}.py".format(detector, op)), seed=0)
         by_op[op] = analysis.analyze_model(model, ["flop"], (H, W))["flop"]
     msca, fpn = by_op["msca"], by_op["sum"]
     for f in (msca, fpn):

@@ -361,7 +361,7 @@ def test_one_stage_model_is_the_shipped_config_with_the_test_budget(model, top_i
     parameter; --proposals and --detections-per-image set their test-time counterparts, the threshold 0."""
     from detectron2.config import instantiate
 
-    from afa_d2.analysis import load_any_config
+    from afa_d2.model_zoo.build import load_any_config
 
     built = benchmark.build_model("msca", model, detections_per_image=7, proposals=11)
     assert (built.test_score_thresh, built.test_topk_candidates, built.max_detections_per_image) == (0.0, 11, 7)

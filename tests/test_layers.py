@@ -4,8 +4,8 @@ Every import of an ``afa_d2`` module is read from the source, those inside funct
 a dependency from the reader, not from this test), and each module is placed in its layer:
 
     storage   <- hub, compat, config   <- modeling, data, evaluation, solver   <- execution   <- engine
-        <- model_zoo   <- the applications (analysis, benchmark, export, visualize, tables, predictor,
-           demo, study, env, the commands train_net and slurm_train)
+        <- model_zoo   <- the applications (inspection, benchmark, export, predictor, demo, study, env, cli,
+           the commands train_net and slurm_train)
 
 A module may import its own package and any lower layer; the root package ``afa_d2`` (which applies
 compat and registers everything) may be imported by anyone, for its side effects.
@@ -24,8 +24,7 @@ LAYERS = [
     ("execution",),
     ("engine",),
     ("model_zoo",),
-    ("analysis", "benchmark", "export", "visualize", "tables", "predictor", "demo", "study", "env", "cli",
-     "train_net", "slurm_train"),
+    ("inspection", "benchmark", "export", "predictor", "demo", "study", "env", "cli", "train_net", "slurm_train"),
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

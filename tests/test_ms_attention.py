@@ -249,3 +249,19 @@ def test_pool_windows_describe_the_tokens_pool_tokens_makes(pooling):
     assert m.unclamped_size == {"multi_scale": 8, "single_scale": 4, "adaptive": None}[pooling]
     assert [p.name for p in m.pool_windows(40, 40)] == {"multi_scale": ["r=4", "r=8"], "single_scale": ["r=4"],
                                                         "adaptive": ["3x3 adaptive"]}[pooling]
+
+
+def test_attention_weights_are_a_softmax_over_the_pooled_tokens():
+    """One row per head and query, over the tokens pool_windows describes; a subset of queries gives the same rows;
+    an index outside the query grid is refused."""
+    torch.manual_seed(0)
+    m = MSAttention(16, 4, pool_stride=2)
+    x_q, x_kv = torch.randn(2, 16, 5, 7), torch.randn(2, 16, 5, 7)
+    weights = m.attention_weights(x_q, x_kv)
+    tokens = sum(p.tokens for p in m.pool_windows(5, 7))
+    assert weights.shape == (2, 4, 35, tokens) and weights.dtype == torch.float32
+    assert (weights.sum(dim=-1) - 1).abs().max() < 1e-6 and (weights > 0).all()
+    assert (m.attention_weights(x_q, x_kv, [3, 34]) - weights[:, :, [3, 34]]).abs().max() < 1e-6
+    assert (m.attention_weights(x_q) - m.attention_weights(x_q, x_q)).abs().max() == 0
+    with pytest.raises(ValueError, match=r"query index 35 is outside the 5x7 grid; valid: 0 to 34"):
+        m.attention_weights(x_q, x_kv, [0, 35])

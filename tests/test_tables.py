@@ -1,12 +1,12 @@
-"""afa_d2.tables / tools/make_tables.py: the paper's Tables 1, 3-6 from run folders, our AP beside the paper's;
-configs/README.md's tables are exactly what make_tables generates from no runs."""
+"""afa_d2.inspection.tables / tools/make_tables.py: the paper's Tables 1, 3-6 from run folders, our AP beside the
+paper's; configs/README.md's tables are exactly what make_tables generates from no runs."""
 import json
 import os
 
 import pytest
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import tables
+from afa_d2.inspection import cli, tables
 from afa_d2.model_zoo import get_config
 from afa_d2.model_zoo.paper import PAPER_RESULTS
 
@@ -54,7 +54,7 @@ def test_readme_tables_are_generated():
     assert list(committed) == ["table1", "table3", "table4", "table5", "table6"]
     for key in generated:
         assert committed[key] == generated[key], (
-            "configs/README.md block {} differs from what afa_d2.tables generates; run "
+            "configs/README.md block {} differs from what afa_d2.inspection.tables generates; run "
             "python tools/make_tables.py --update configs/README.md".format(key))
 
 
@@ -86,7 +86,8 @@ def test_runs_placed_by_their_config(tmp_path, capsys):
     # three epochs (a fine-tuning run) is no table row
     _write_run(str(runs / "short"), R50.format("mssa_p5"), [(40.0, 35.0)], ["train.epochs=3"])
     out_md = tmp_path / "tables.md"
-    rc = tables.main([str(runs / d) for d in ("sum", "msca", "lvis_mssa", "short")] + ["--output", str(out_md)])
+    rc = cli.make_tables_main([str(runs / d) for d in ("sum", "msca", "lvis_mssa", "short")] +
+                              ["--output", str(out_md)])
     captured = capsys.readouterr()
     assert rc == 0 and "wrote" in captured.out
     assert "run {} not placed".format(runs / "short") in captured.err and "--run CONFIG=" in captured.err
@@ -123,16 +124,16 @@ def test_update_rewrites_only_the_blocks(tmp_path, capsys):
     doc = tmp_path / "doc.md"
     doc.write_text("# Results\n\nintro\n\n{}\nstale table\n{}\n\nafter\n".format(tables.BEGIN.format("table3"),
                                                                                   tables.END))
-    assert tables.main(["--update", str(doc)]) == 0
+    assert cli.make_tables_main(["--update", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("# Results\n\nintro\n\n") and text.endswith("\n\nafter\n") and "stale" not in text
     assert tables.read_blocks(text) == {"table3": tables.make_tables(tables=["3"])["blocks"]["table3"]}
     assert tables.NOTE in text
-    assert tables.main(["--update", str(doc)]) == 0 and "already up to date" in capsys.readouterr().out
+    assert cli.make_tables_main(["--update", str(doc)]) == 0 and "already up to date" in capsys.readouterr().out
 
 
 def _error(capsys, argv):
-    assert tables.main(argv) == 2
+    assert cli.make_tables_main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err
     return err[0]

@@ -1,5 +1,6 @@
-"""afa_d2.visualize / tools/visualize.py: predictions side by side, attention maps recomputed from the blocks'
-own weights (each drawn map sums to 1 over the keys), pyramid-level energy; PNG sizes; one-line errors."""
+"""afa_d2.inspection's predictions, attention, drawing, energy / tools/visualize.py: predictions side by side,
+attention maps from the blocks' own weights (each drawn map sums to 1 over the keys), pyramid-level energy; PNG
+sizes; one-line errors."""
 import os
 
 import numpy as np
@@ -9,8 +10,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2 import visualize as vis
-from afa_d2.analysis import build_model, load_any_config
+from afa_d2.inspection import attention, drawing, energy, models, predictions
+from afa_d2.inspection.cli import visualize_main
+from afa_d2.inspection.drawing import DPI, PANEL_INCHES
+from afa_d2.inspection.energy import ENERGY_INCHES, ENERGY_METRICS
+from afa_d2.inspection.predictions import GAP_PX, HEADER_PX
+from afa_d2.model_zoo.build import build_model, load_any_config
 from afa_d2.modeling import MSAttention
 
 DATASET = "afa_d2_visualize_test"
@@ -61,7 +66,7 @@ FEW = "model.roi_heads.box_predictor.test_topk_per_image=3"  # random weights: d
 
 
 def _model(setup, op):
-    return vis.load_model("shapes/mask_rcnn_R_18_{}.py={}".format(op, setup["weights"][op]), [FEW])
+    return models.load_model("shapes/mask_rcnn_R_18_{}.py={}".format(op, setup["weights"][op]), [FEW])
 
 
 def _png_size(path):
@@ -71,40 +76,40 @@ def _png_size(path):
 
 # ----------------------------------------------------------------------------------- predictions
 def test_predictions_side_by_side(setup, tmp_path):
-    models = [_model(setup, "sum"), _model(setup, "msca")]
-    assert [m.label for m in models] == ["sum-up (FPN)", "MSCA"]
-    images = [(vis.read_image(r["file_name"]), r) for r in vis.dataset_records(DATASET, 2)]
-    out = vis.draw_predictions(models, images, str(tmp_path / "fig3.png"), score_thresh=0.0, dataset=DATASET)
+    loaded = [_model(setup, "sum"), _model(setup, "msca")]
+    assert [m.label for m in loaded] == ["sum-up (FPN)", "MSCA"]
+    images = [(models.read_image(r["file_name"]), r) for r in models.dataset_records(DATASET, 2)]
+    out = predictions.draw_predictions(loaded, images, str(tmp_path / "fig3.png"), score_thresh=0.0, dataset=DATASET)
     assert out["columns"] == ["ground truth", "sum-up (FPN)", "MSCA"]
     # header band, then one row per image (its own height), gaps of 8 px; three columns of the widest image
-    expected = (vis.HEADER_PX + 97 + vis.GAP_PX + 64, 3 * 131 + 2 * vis.GAP_PX)
+    expected = (HEADER_PX + 97 + GAP_PX + 64, 3 * 131 + 2 * GAP_PX)
     assert out["size"] == expected and _png_size(out["path"]) == expected
     for row, (rgb, _) in zip(out["detections"], images):  # every detection above the threshold is drawn
-        assert row == [len(vis.predict(m, rgb)) for m in models]
+        assert row == [len(models.predict(m, rgb)) for m in loaded]
     grid = np.asarray(Image.open(out["path"]).convert("RGB")).astype(int)
-    header = grid[: vis.HEADER_PX]
+    header = grid[: HEADER_PX]
     assert (header.sum(axis=2) < 200).any(), "the column titles are not drawn"
-    gt = grid[vis.HEADER_PX: vis.HEADER_PX + 97, :131]
+    gt = grid[HEADER_PX: HEADER_PX + 97, :131]
     original = np.asarray(Image.open(setup["images"][0]).convert("RGB")).astype(int)
     assert np.abs(gt - original).max() > 50, "the ground truth is not drawn over the image"
 
 
 def test_predictions_command_without_ground_truth(setup, tmp_path, capsys):
     path = str(tmp_path / "p.png")
-    rc = vis.main(["predictions", "--model", "shapes/mask_rcnn_R_18_sum.py={}".format(setup["weights"]["sum"]),
+    rc = visualize_main(["predictions", "--model", "shapes/mask_rcnn_R_18_sum.py={}".format(setup["weights"]["sum"]),
                    "--model", "shapes/mask_rcnn_R_18_msca.py={}".format(setup["weights"]["msca"]),
                    "--images", setup["images"][1], "--scale", "2", "--output", path, FEW])
     assert rc == 0 and "wrote {}".format(path) in capsys.readouterr().out
-    assert _png_size(path) == (vis.HEADER_PX + 128, 2 * 160 + vis.GAP_PX)  # two columns: no ground truth
+    assert _png_size(path) == (HEADER_PX + 128, 2 * 160 + GAP_PX)  # two columns: no ground truth
 
 
 # ----------------------------------------------------------------------------------- attention
 def test_attention_maps_sum_to_one_and_are_drawn(setup, tmp_path):
     lm = _model(setup, "msca")
-    rgb = vis.read_image(setup["images"][0])
-    qa = vis.attention_maps(lm, rgb, [(50.0, 40.0)])[0]
+    rgb = models.read_image(setup["images"][0])
+    qa = attention.attention_maps(lm, rgb, [(50.0, 40.0)])[0]
     assert [la.level for la in qa.levels] == ["p2", "p3", "p4", "p5"]
-    out = vis.draw_attention(rgb, qa, str(tmp_path / "att.png"))
+    out = drawing.draw_attention(rgb, qa, str(tmp_path / "att.png"))
     for la in qa.levels:
         drawn = out["weights"][la.level]
         assert drawn.shape == (4, sum(len(p.boxes) for p in la.pools))
@@ -120,7 +125,7 @@ def test_attention_maps_sum_to_one_and_are_drawn(setup, tmp_path):
                 assert np.isclose(panel.max(), drawn[h, sl][_visible(la, pool, qa)].max(), atol=1e-6)
     # nine columns (the image, 4 heads x 2 pools) and a colour bar; a row per level; the title band
     cols, rows = 1 + 4 * 2, 4
-    expected = (round((rows * vis.PANEL_INCHES + 0.6) * vis.DPI), round((cols * vis.PANEL_INCHES + 0.35) * vis.DPI))
+    expected = (round((rows * PANEL_INCHES + 0.6) * DPI), round((cols * PANEL_INCHES + 0.35) * DPI))
     assert out["size"] == expected and _png_size(out["path"]) == expected
 
 
@@ -133,8 +138,8 @@ def _visible(la, pool, qa):
 
 def test_query_cell_follows_the_test_resize(setup):
     lm = _model(setup, "mssa")
-    rgb = vis.read_image(setup["images"][0])  # 97 x 131 -> shortest edge 192: 192 x 259
-    qa = vis.attention_maps(lm, rgb, [(50.0, 40.0), (130.0, 96.0)])
+    rgb = models.read_image(setup["images"][0])  # 97 x 131 -> shortest edge 192: 192 x 259
+    qa = attention.attention_maps(lm, rgb, [(50.0, 40.0), (130.0, 96.0)])
     assert qa[0].input_hw == (192, 259)
     for la in qa[0].levels:
         s = la.stride
@@ -147,19 +152,20 @@ def test_recomputed_attention_is_the_blocks_own(setup):
     weights reproduce the block's scaled_dot_product_attention."""
     for op in ("mssa", "msca"):
         lm = _model(setup, op)
-        prep = vis.prepare_input(lm, vis.read_image(setup["images"][0]))
-        blocks = vis.capture_aggregations(lm.model, [prep.inputs])
+        prep = models.prepare_input(lm, models.read_image(setup["images"][0]))
+        blocks = attention.capture_aggregations(lm.model, [prep.inputs])
         assert list(blocks) == ["p2", "p3", "p4", "p5"]
         assert blocks["p5"].top_down is None and blocks["p4"].top_down is not None
         for level, b in blocks.items():
             with torch.no_grad():
                 again = b.module.forward_reference(b.lateral, b.top_down)
             assert (again - b.output).abs().max() < 1e-4, (op, level)
-            x_q, x_kv = vis.attention_inputs(b.module, b.lateral, b.top_down)
+            x_q, x_kv = b.module.attention_inputs(b.lateral, b.top_down)
             attn = b.module.attn
             h, w = x_q.shape[-2:]
             cells = [(0, 0), (h - 1, w - 1), (h // 2, w // 3)]
-            weights = vis.attention_weights(attn, x_q, x_kv, cells)  # (1, heads, 3, M)
+            with torch.no_grad():
+                weights = attn.attention_weights(x_q, x_kv, [r * w + c for r, c in cells])  # (1, heads, 3, M)
             with torch.no_grad():
                 f_q = x_q.flatten(2).transpose(1, 2)
                 q = attn.q(attn.norm_q(f_q)).view(1, h * w, attn.num_heads, attn.head_dim).transpose(1, 2)
@@ -176,20 +182,20 @@ def test_token_windows_are_what_the_pools_average(pooling, stride, hw):
     attn = MSAttention(8, 2, pooling=pooling, pool_stride=stride, adaptive_pool_size=stride)
     x = torch.randn(1, 8, *hw)
     tokens = attn.kv_tokens(x)[0]  # (M, C)
-    pools = vis.kv_token_regions(attn, hw)
+    pools = attention.kv_token_regions(attn, hw)
     boxes = np.concatenate([p.boxes for p in pools])
     assert len(boxes) == tokens.shape[0] == sum(p.grid[0] * p.grid[1] for p in pools)
     for t, (y0, y1, x0, x1) in enumerate(boxes):
         assert (x[0, :, y0:y1, x0:x1].mean(dim=(1, 2)) - tokens[t]).abs().max() < 1e-5, (t, (y0, y1, x0, x1))
     w = np.random.default_rng(0).random(len(pools[0].boxes))
-    painted = vis.paint_tokens(w, pools[0].boxes, hw)
+    painted = attention.paint_tokens(w, pools[0].boxes, hw)
     for wt, (y0, y1, x0, x1) in zip(w, pools[0].boxes):
         assert np.all(painted[y0:y1, x0:x1] >= wt - 1e-12)
 
 
 def test_attention_grid_command(setup, tmp_path, capsys):
     out_dir = tmp_path / "grid"
-    rc = vis.main(["attention", "--model", "shapes/mask_rcnn_R_18_mssa.py={}".format(setup["weights"]["mssa"]),
+    rc = visualize_main(["attention", "--model", "shapes/mask_rcnn_R_18_mssa.py={}".format(setup["weights"]["mssa"]),
                    "--images", setup["images"][1], "--grid", "2x2", "--levels", "p4", "p5",
                    "--output-dir", str(out_dir)])
     assert rc == 0
@@ -197,33 +203,33 @@ def test_attention_grid_command(setup, tmp_path, capsys):
     assert len(files) == 5 and "attention_overview.png" in files, files
     assert "wrote" in capsys.readouterr().out
     # the overview: a row per point, a column per level
-    assert _png_size(str(out_dir / "attention_overview.png")) == (round((4 * vis.PANEL_INCHES + 0.6) * vis.DPI),
-                                                                  round(2 * vis.PANEL_INCHES * vis.DPI))
+    assert _png_size(str(out_dir / "attention_overview.png")) == (round((4 * PANEL_INCHES + 0.6) * DPI),
+                                                                  round(2 * PANEL_INCHES * DPI))
     detail = [f for f in files if f != "attention_overview.png"][0]
-    assert _png_size(str(out_dir / detail)) == (round((2 * vis.PANEL_INCHES + 0.6) * vis.DPI),
-                                                round((9 * vis.PANEL_INCHES + 0.35) * vis.DPI))
-    assert vis.grid_points((64, 80), 2, 2) == [(20.0, 16.0), (60.0, 16.0), (20.0, 48.0), (60.0, 48.0)]
+    assert _png_size(str(out_dir / detail)) == (round((2 * PANEL_INCHES + 0.6) * DPI),
+                                                round((9 * PANEL_INCHES + 0.35) * DPI))
+    assert attention.grid_points((64, 80), 2, 2) == [(20.0, 16.0), (60.0, 16.0), (20.0, 48.0), (60.0, 48.0)]
 
 
 def test_attention_for_several_dataset_images(setup, tmp_path):
     out_dir = tmp_path / "several"
-    assert vis.main(["attention", "--model", "shapes/mask_rcnn_R_18_msca.py={}".format(setup["weights"]["msca"]),
+    assert visualize_main(["attention", "--model", "shapes/mask_rcnn_R_18_msca.py={}".format(setup["weights"]["msca"]),
                      "--dataset", DATASET, "--num-images", "2", "--point", "10", "12", "--levels", "p5",
                      "--output-dir", str(out_dir)]) == 0
     assert sorted(os.listdir(out_dir)) == ["img0_attention_x10_y12.png", "img1_attention_x10_y12.png"]
     assert _png_size(str(out_dir / "img0_attention_x10_y12.png")) == (
-        round((vis.PANEL_INCHES + 0.6) * vis.DPI), round((9 * vis.PANEL_INCHES + 0.35) * vis.DPI))
+        round((PANEL_INCHES + 0.6) * DPI), round((9 * PANEL_INCHES + 0.35) * DPI))
 
 
 # ----------------------------------------------------------------------------------- energy
 def test_energy_per_level(setup, tmp_path):
     m = _model(setup, "msca")
-    rgbs = [vis.read_image(f) for f in setup["images"]]
-    energies = {metric: vis.pyramid_energy(m, rgbs, metric) for metric in vis.ENERGY_METRICS}
-    expected = {metric: dict.fromkeys(["p2", "p3", "p4", "p5", "p6"], 0.0) for metric in vis.ENERGY_METRICS}
+    rgbs = [models.read_image(f) for f in setup["images"]]
+    energies = {metric: energy.pyramid_energy(m, rgbs, metric) for metric in ENERGY_METRICS}
+    expected = {metric: dict.fromkeys(["p2", "p3", "p4", "p5", "p6"], 0.0) for metric in ENERGY_METRICS}
     for rgb in rgbs:  # the mean over the images of each level's mean x^2 / mean L2 norm over channels
         with torch.no_grad():
-            feats = m.model.backbone(m.model.preprocess_image([vis.prepare_input(m, rgb).inputs]).tensor)
+            feats = m.model.backbone(m.model.preprocess_image([models.prepare_input(m, rgb).inputs]).tensor)
         for k, f in feats.items():
             expected["mean_square"][k] += float((f ** 2).mean()) / len(rgbs)
             expected["l2"][k] += float(f.norm(dim=1).mean()) / len(rgbs)
@@ -232,8 +238,8 @@ def test_energy_per_level(setup, tmp_path):
         for k in e:
             assert e[k] == pytest.approx(expected[metric][k], rel=1e-5), (metric, k)
     chart = {"sum-up (FPN)": {k: 1.0 for k in energies["mean_square"]}, "MSCA": energies["mean_square"]}
-    out = vis.draw_energy(chart, str(tmp_path / "energy.png"))
-    expected_size = (round(vis.ENERGY_INCHES[1] * vis.DPI), round(vis.ENERGY_INCHES[0] * vis.DPI))
+    out = energy.draw_energy(chart, str(tmp_path / "energy.png"))
+    expected_size = (round(ENERGY_INCHES[1] * DPI), round(ENERGY_INCHES[0] * DPI))
     assert out["size"] == expected_size and _png_size(out["path"]) == expected_size
 
 
@@ -242,7 +248,7 @@ def test_energy_command_with_a_published_checkpoint(setup, tmp_path, capsys):
     state = torch.load(setup["weights"]["msca"], weights_only=True)["model"]
     torch.save({"model": state, "afa_d2_metadata": {"config": "shapes/mask_rcnn_R_18_msca.py"}}, published)
     path = str(tmp_path / "e.png")
-    rc = vis.main(["energy", "--model", published, "--model", "shapes/mask_rcnn_R_18_sum.py",
+    rc = visualize_main(["energy", "--model", published, "--model", "shapes/mask_rcnn_R_18_sum.py",
                    "--dataset", DATASET, "--num-images", "1", "--metric", "l2", "--output", path])
     out = capsys.readouterr().out
     assert rc == 0 and os.path.isfile(path)
@@ -251,7 +257,7 @@ def test_energy_command_with_a_published_checkpoint(setup, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------- bad input
 def _error(capsys, argv):
-    assert vis.main(argv) == 2
+    assert visualize_main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err
     return err[0]

@@ -5,12 +5,13 @@
     python tools/make_tables.py --run COCO/mask_rcnn_R_50_msca_1x.py=out/my_msca --tables 3
     python tools/make_tables.py --update configs/README.md         # the paper-only tables of configs/README.md
 
-See :mod:`afa_d2.tables` (``python tools/make_tables.py --help``).
+See :mod:`afa_d2.inspection.tables` (``python tools/make_tables.py --help``), the command
+:func:`afa_d2.inspection.cli.make_tables_main`.
 """
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.tables import main
+from afa_d2.inspection.cli import make_tables_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

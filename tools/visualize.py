@@ -10,12 +10,13 @@
     # energy of p2..p6 per operator
     python tools/visualize.py energy --model SUM.pth --model MSSA.pth --model MSCA.pth --dataset shapes_val
 
-See :mod:`afa_d2.visualize` (``python tools/visualize.py <command> --help``).
+See :mod:`afa_d2.inspection` (``python tools/visualize.py <command> --help``): predictions, attention and energy
+over :func:`afa_d2.inspection.cli.visualize_main`.
 """
 import sys
 
 import afa_d2  # noqa: F401  (detectron2 compat patches first)
-from afa_d2.visualize import main
+from afa_d2.inspection.cli import visualize_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

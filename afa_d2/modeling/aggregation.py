@@ -306,6 +306,20 @@ class _AttentionAggregation(Aggregation):
         """The operator as the equations read, with :meth:`MSAttention.forward_reference`."""
         raise NotImplementedError
 
+    def attention_inputs(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """MS-Att's query and key/value maps ``(x_q, x_kv)`` for this operator's inputs ``F_i``, ``P_{i+1}``:
+        what :meth:`forward_reference` gives ``self.attn``, and what the attention maps weigh
+        (:meth:`MSAttention.attention_weights`).
+
+        Args:
+            lateral: F_i, Tensor of shape (N, C, H, W).
+            top_down: P_{i+1}, Tensor of shape (N, C, h, w), or None on the top level.
+
+        Returns:
+            (x_q, x_kv): Tensors of shape (N, C, H, W) each.
+        """
+        raise NotImplementedError
+
 
 class MSSAAggregation(_AttentionAggregation):
     """MSSA (paper §3.1): ``R_i = F_i + Up(P_{i+1})`` (eq. 1), ``P_i = MS-Att(R_i)`` (eq. 2).
@@ -326,8 +340,12 @@ class MSSAAggregation(_AttentionAggregation):
         return from_tokens(self.attn.forward_tokens(r, (h, w), from_tokens(r, (h, w))), (h, w))  # eq. (2)
 
     def forward_reference(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
+        return self.attn.forward_reference(*self.attention_inputs(lateral, top_down))  # eq. (2)
+
+    def attention_inputs(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``R_i = F_i + Up(P_{i+1})`` (eq. 1; ``F`` on the top level), both query and key/value."""
         r = lateral if top_down is None else lateral + self.up(top_down, lateral)  # eq. (1)
-        return self.attn.forward_reference(r)  # eq. (2)
+        return r, r
 
     def init_as_sum(self) -> None:
         """DW-MLP's last linear at zero: ``MS-Att(R) = R + DW-MLP(...) = R``, so ``P_i = R_i``, FPN's sum
@@ -360,8 +378,12 @@ class MSCAAggregation(_AttentionAggregation):
         return from_tokens(s, (h, w))
 
     def forward_reference(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tensor:
-        kv = lateral if top_down is None else self.up(top_down, lateral)
-        return lateral + self.attn.forward_reference(lateral, kv)  # eqs. (3)-(4)
+        x_q, x_kv = self.attention_inputs(lateral, top_down)
+        return lateral + self.attn.forward_reference(x_q, x_kv)  # eqs. (3)-(4)
+
+    def attention_inputs(self, lateral: Tensor, top_down: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Query ``F_i``, key/value ``Up(P_{i+1})`` (eq. 3; ``F`` on the top level)."""
+        return lateral, (lateral if top_down is None else self.up(top_down, lateral))
 
     def init_as_sum(self) -> None:
         raise ValueError(MSCA_CANNOT_START_AS_SUM)

@@ -459,6 +459,65 @@ class MSAttention(nn.Module):
         """``DW-MLP(LN(x))`` of eq. (7), on tokens (N, H*W, C)."""
         return self.mlp(self.norm_mlp(x), feat_size)
 
+    def _reference_qkv(self, x_q: Tensor, x_kv: Tensor, queries: Optional[Tensor] = None
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The query tokens and Q, K, V split into heads (eq. 5), as the equations read: what
+        :meth:`forward_reference` attends with and :meth:`attention_weights` weighs.
+
+        Args:
+            x_q: Tensor of shape (N, C, H, W), the query source.
+            x_kv: Tensor of shape (N, C, H', W'), the key/value source.
+            queries: row-major indices into the H*W query grid (all of them if None).
+
+        Returns:
+            f_q: Tensor of shape (N, L, C) with L = H*W or len(queries); q: (N, heads, L, C/heads);
+            k, v: (N, heads, M, C/heads), M pooled key/value tokens.
+        """
+        n, c, h, w = x_q.shape
+        f_q = x_q.flatten(2).transpose(1, 2)  # (N, H*W, C)
+        if queries is not None:
+            f_q = f_q[:, queries]  # (N, L, C): LayerNorm and the linear are per token
+        f_kv = self.kv_tokens(x_kv)  # (N, M, C)
+        m = f_kv.shape[1]
+
+        q = self.q(self.norm_q(f_q))  # (N, L, C)
+        q = q.reshape(n, f_q.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # (N, heads, L, C/heads)
+        kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C)
+        kv = kv.reshape(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
+        k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
+        if q.dtype != k.dtype:  # autocast may leave them apart
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        return f_q, q, k, v
+
+    def attention_weights(self, x_q: Tensor, x_kv: Optional[Tensor] = None,
+                          queries: Optional[Sequence[int]] = None) -> Tensor:
+        """``softmax(Q K^T / sqrt(d_k))`` of eq. (6): the weights the block's attention gives each pooled
+        key/value token (in the order of :meth:`pool_windows`), computed in float32.
+
+        Args:
+            x_q: Tensor of shape (N, C, H, W), the query source.
+            x_kv: Tensor of shape (N, C, H', W'), the key/value source; ``None`` means ``x_q``.
+            queries: row-major indices into the H*W query grid (all of them if None).
+
+        Returns:
+            Tensor of shape (N, heads, L, M): each query's weights over the M tokens (sum 1 over M);
+            ``weights @ V`` is :meth:`forward_reference`'s attention before the output projection.
+
+        Raises:
+            ValueError: a query index outside the grid.
+        """
+        hw = int(x_q.shape[-2]) * int(x_q.shape[-1])
+        index = None
+        if queries is not None:
+            bad = [int(i) for i in queries if not 0 <= int(i) < hw]
+            if bad:
+                raise ValueError("MSAttention.attention_weights: query index {} is outside the {}x{} grid; "
+                                 "valid: 0 to {}".format(bad[0], x_q.shape[-2], x_q.shape[-1], hw - 1))
+            index = torch.as_tensor([int(i) for i in queries], dtype=torch.long, device=x_q.device)
+        _, q, k, _ = self._reference_qkv(x_q, x_q if x_kv is None else x_kv, index)
+        logits = q.float() @ k.float().transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, heads, L, M)
+        return logits.softmax(dim=-1)
+
     def forward_reference(self, x_q: Tensor, x_kv: Optional[Tensor] = None) -> Tensor:
         """The straightforward MS-Att (NCHW in and out, out-of-place), for tests and benchmarks.
 
@@ -472,20 +531,8 @@ class MSAttention(nn.Module):
         Returns:
             p_q: Tensor of shape (N, C, H, W), eq. (7) reshaped.
         """
-        if x_kv is None:
-            x_kv = x_q
         n, c, h, w = x_q.shape
-        f_q = x_q.flatten(2).transpose(1, 2)  # (N, H*W, C)
-        f_kv = self.kv_tokens(x_kv)  # (N, M, C)
-        m = f_kv.shape[1]
-
-        q = self.q(self.norm_q(f_q))  # (N, H*W, C)
-        q = q.reshape(n, h * w, self.num_heads, self.head_dim).transpose(1, 2)  # (N, heads, H*W, C/heads)
-        kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C)
-        kv = kv.reshape(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
-        k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
-        if q.dtype != k.dtype:  # autocast may leave them apart
-            k, v = k.to(q.dtype), v.to(q.dtype)
+        f_q, q, k, v = self._reference_qkv(x_q, x_q if x_kv is None else x_kv)
 
         att = F.scaled_dot_product_attention(q, k, v)  # (N, heads, H*W, C/heads)
         att = att.transpose(1, 2).reshape(n, h * w, c)  # (N, H*W, C)
@@ -499,17 +546,38 @@ class MSAttention(nn.Module):
 @dataclass(frozen=True)
 class PoolWindow:
     """One pool of :func:`pool_tokens` on an h x w map: its name ("r=8", "7x7 adaptive"), its kernel (= its
-    stride, clamped to the map; None for the adaptive pool) and its output grid. The one description of MS-Att's
-    key/value geometry: token counts (the benchmark), token windows (the attention maps) and the sizes a traced
-    graph serves (the export) all read it."""
+    stride, clamped to the map; None for the adaptive pool), its output grid and the map's size. The one
+    description of MS-Att's key/value geometry: token counts (the benchmark), token windows (the attention
+    maps) and the sizes a traced graph serves (the export) all read it."""
 
     name: str
     kernel: Optional[Tuple[int, int]]
     out: Tuple[int, int]
+    size: Tuple[int, int]  # (h, w) of the pooled map
 
     @property
     def tokens(self) -> int:
         return self.out[0] * self.out[1]
+
+    def token_windows(self) -> List[Tuple[int, int, int, int]]:
+        """The window (y0, y1, x0, x1) of the map each of this pool's tokens averages, row-major over
+        ``out``: kernel-sized windows with the last one clipped to the map (``ceil_mode``), or
+        ``adaptive_avg_pool2d``'s ``[floor(i*size/out), ceil((i+1)*size/out))``."""
+        if self.kernel is None:
+            rows, cols = (_adaptive_edges(s, o) for s, o in zip(self.size, self.out))
+        else:
+            rows, cols = (_kernel_edges(s, k) for s, k in zip(self.size, self.kernel))
+        return [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+
+
+def _kernel_edges(size: int, kernel: int) -> List[Tuple[int, int]]:
+    """Windows of an average pool with kernel = stride and ceil_mode along one axis."""
+    return [(a, min(a + kernel, size)) for a in range(0, size, kernel)]
+
+
+def _adaptive_edges(size: int, out: int) -> List[Tuple[int, int]]:
+    """Windows of ``adaptive_avg_pool`` from ``size`` to ``out`` along one axis."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
 def pool_windows(h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int) -> List[PoolWindow]:
@@ -517,9 +585,9 @@ def pool_windows(h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptiv
     h, w = int(h), int(w)
     if pooling == "adaptive":
         return [PoolWindow("{}x{} adaptive".format(min(adaptive_size, h), min(adaptive_size, w)), None,
-                           (min(adaptive_size, h), min(adaptive_size, w)))]
+                           (min(adaptive_size, h), min(adaptive_size, w)), (h, w))]
     out = []
     for s in strides:
         kh, kw = min(s, h), min(s, w)
-        out.append(PoolWindow("r={}".format(s), (kh, kw), (-(-h // kh), -(-w // kw))))
+        out.append(PoolWindow("r={}".format(s), (kh, kw), (-(-h // kh), -(-w // kw)), (h, w)))
     return out

@@ -2,7 +2,7 @@
 by side on a quiet host.
 
 Parameters and FLOPs do not depend on the host: they are counted once per arm when the study is written
-(``afa_d2.analysis``: fvcore with the attention matmuls counted, on one image of the config's test size).
+(``afa_d2.inspection.analysis``: fvcore with the attention matmuls counted, on one image of the config's test size).
 Timings do depend on the host and its load: the runs record their own (while other runs share the host),
 and :func:`measure_timings` (``tools/study.py --time``) measures every arm in one process, interleaved
 round by round, on the same val images and the same training batch, as medians and ratios to each
@@ -25,8 +25,9 @@ def count_arm(design: StudyDesign, arm: Arm, output_dir: str) -> Dict:
     """Parameters and inference GFLOPs (multiply-adds) of ``arm``'s model at its config's test image size."""
     import torch
 
-    from afa_d2.analysis import analyze_model, default_image_size
     from afa_d2.engine.seeding import instantiate_seeded
+    from afa_d2.inspection.analysis import analyze_model
+    from afa_d2.model_zoo.build import default_image_size
 
     cfg = run_config(design, arm, 0, output_dir)
     model = instantiate_seeded(cfg.model, 0).eval()

@@ -134,7 +134,7 @@ def markdown(study: Dict) -> str:
     if cost:
         size = next(iter(cost.values())).get("image_size")
         lines += ["", "Parameters and GFLOPs (multiply-adds, attention counted) of inference on one {}x{} image "
-                  "(the config's test size), `afa_d2.analysis`.".format(*(size or ("?", "?")))]
+                  "(the config's test size), `afa_d2.inspection.analysis`.".format(*(size or ("?", "?")))]
     said = sentences(study)
     if said:
         lines += [""] + ["- " + s for s in said]

@@ -22,9 +22,7 @@ random weights change; the neck's FLOPs depend only on the image size.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
 import types
 from collections import OrderedDict
 from typing import Dict, Iterator, Optional, Sequence, Tuple
@@ -32,44 +30,23 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-# the model loading the tools share (re-exported: afa_d2.analysis served it first)
-from afa_d2.model_zoo.build import (
-    build_model,
-    default_image_size,
-    inference_augmentations,
-    input_format,
-    is_yacs,
-    load_any_config,
-    load_weights,
-)
 from afa_d2.modeling.inference import instance_tensors, raw_inference, supports_raw_inference
+
+from .errors import AnalysisInputError
+from .pyramid import find_pyramid, level_modules, operator_label, top_block_label
 
 __all__ = [
     "TASKS",
-    "AnalysisInputError",
     "ModelAnalysis",
     "activation_analysis_of",
     "analyze_model",
-    "build_model",
-    "default_image_size",
-    "find_pyramid",
     "flop_analysis_of",
     "format_level_table",
-    "inference_augmentations",
-    "input_format",
-    "load_any_config",
-    "load_weights",
-    "main",
     "neck_flops_by_level",
-    "operator_label",
     "random_image",
 ]
 
 TASKS = ("flop", "activation", "parameter", "structure")
-
-
-class AnalysisInputError(ValueError):
-    """A bad input to the analysis or visualization tools; the message says what and how to fix it."""
 
 
 def random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -123,58 +100,6 @@ def activation_analysis_of(model: nn.Module, image: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------------- the neck
-def find_pyramid(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
-    """The feature pyramid (an ``AttentionFPN`` or detectron2 ``FPN``) in ``model``: (name, module),
-    ("", None) when there is none."""
-    from detectron2.modeling.backbone import FPN
-
-    from afa_d2.modeling import AttentionFPN
-
-    for name, m in model.named_modules():
-        if isinstance(m, (AttentionFPN, FPN)):
-            return name, m
-    return "", None
-
-
-def _level_modules(neck: nn.Module) -> "OrderedDict[str, Dict[str, str]]":
-    """level -> {"lateral": name, "aggregation": name, "output": name} (names relative to the neck);
-    the top block's levels -> {"top_block": "top_block"}."""
-    stages = sorted(int(n[len("fpn_lateral"):]) for n, _ in neck.named_children() if n.startswith("fpn_lateral"))
-    out: "OrderedDict[str, Dict[str, str]]" = OrderedDict()
-    for s in stages:
-        parts = {"lateral": "fpn_lateral{}".format(s), "output": "fpn_output{}".format(s)}
-        if hasattr(neck, "fpn_aggregation{}".format(s)):
-            parts["aggregation"] = "fpn_aggregation{}".format(s)
-        out["p{}".format(s)] = parts
-    top = getattr(neck, "top_block", None)
-    if top is not None and stages:
-        n = int(getattr(top, "num_levels", 1))
-        name = "p{}".format(stages[-1] + 1) if n == 1 else "p{}-p{}".format(stages[-1] + 1, stages[-1] + n)
-        out[name] = {"top_block": "top_block"}
-    return out
-
-
-def operator_label(neck: Optional[nn.Module], level: Optional[str] = None) -> str:
-    """The aggregation of a pyramid ("MSCA", "sum-up (FPN)", "MSSA on p4, p5"), or of one level."""
-    if neck is None:
-        return "no pyramid"
-    from afa_d2.modeling.aggregation import baseline_operator
-    from afa_d2.modeling.aggregation import operator_label as label
-
-    base = baseline_operator()
-    ops: Dict[str, str] = dict(getattr(neck, "level_ops", {}) or {})
-    if not ops:  # detectron2's FPN
-        return label(base)
-    if level is not None:
-        return label(ops.get(level, base))
-    distinct = sorted(set(ops.values()))
-    if len(distinct) == 1:
-        return label(distinct[0])
-    others = [op for op in distinct if op != base]
-    return "; ".join("{} on {}".format(label(op), ", ".join(lvl for lvl, o in ops.items() if o == op))
-                     for op in others)
-
-
 def neck_flops_by_level(analysis, model: nn.Module) -> "OrderedDict[str, Dict[str, int]]":
     """FLOPs of the pyramid per level, from a FlopCountAnalysis of ``model``.
 
@@ -197,7 +122,7 @@ def neck_flops_by_level(analysis, model: nn.Module) -> "OrderedDict[str, Dict[st
 
     keys = ("lateral", "aggregation", "attention", "output", "total")
     summed = dict.fromkeys(keys, 0)
-    for level, parts in _level_modules(neck).items():
+    for level, parts in level_modules(neck).items():
         row = dict.fromkeys(keys, 0)
         for role, name in parts.items():
             n = int(by_module.get(full(name), 0))
@@ -223,17 +148,6 @@ def _g(n: float) -> str:
     return "{:.3f}".format(n / 1e9)
 
 
-def _top_block_label(neck: nn.Module) -> str:
-    """What the top block computes: "max-pool" (LastLevelMaxPool), "convs from res5" or "convs from p5"
-    (LastLevelP6P7 of RetinaNet or FCOS: the feature it reads)."""
-    top = getattr(neck, "top_block", None)
-    if top is None:
-        return ""
-    if not any(p.numel() for p in top.parameters()):
-        return "max-pool"
-    return "convs from {}".format(getattr(top, "in_feature", "?"))
-
-
 def format_level_table(per_level: Dict[str, Dict[str, int]], neck: Optional[nn.Module] = None) -> str:
     """Markdown table of :func:`neck_flops_by_level`, in GFLOPs (MFLOPs for a neck under 1 GFLOP)."""
     if not per_level:
@@ -243,14 +157,14 @@ def format_level_table(per_level: Dict[str, Dict[str, int]], neck: Optional[nn.M
     def f(n: int) -> str:
         return "{:.3f}".format(n / scale)
 
-    parts = _level_modules(neck) if neck is not None else {}
+    parts = level_modules(neck) if neck is not None else {}
     lines = ["| level | operator | lateral 1x1 | aggregation | of which attention | output conv | total ({}) |".format(
         unit), "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for level, row in per_level.items():
         if level == "neck":
             continue
         roles = parts.get(level, {})
-        op = operator_label(neck, level) if "aggregation" in roles else (_top_block_label(neck) if "top_block" in roles
+        op = operator_label(neck, level) if "aggregation" in roles else (top_block_label(neck) if "top_block" in roles
                                                                           else "")
         lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
             level, op, f(row["lateral"]), f(row["aggregation"]), f(row["attention"]), f(row["output"]),
@@ -354,82 +268,3 @@ def analyze_model(model: nn.Module, tasks: Sequence[str] = TASKS, image_size: Tu
     if "structure" in tasks:
         result["structure"] = str(model)
     return result
-
-
-# ----------------------------------------------------------------------------------- command line
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from afa_d2.modeling.aggregation import AGGREGATION_OPS
-
-    p = argparse.ArgumentParser(
-        prog="python tools/analyze_model.py",
-        description="FLOPs (attention counted; per module and per pyramid level), activations, parameters "
-        "and structure of an afa_d2 model, as detectron2's tools/analyze_model.py.",
-        epilog="e.g. python tools/analyze_model.py --config COCO/cascade_mask_rcnn_R_50_msca_1x.py --tasks flop "
-        "parameter; python tools/analyze_model.py --config configs/shapes/mask_rcnn_R_18_sum.py --op mssa "
-        "--weights out/model_final.pth --height 192 --width 256",
-    )
-    p.add_argument("--config", "--config-file", dest="config", required=True,
-                   help="a zoo name (afa_d2.model_zoo.list_configs()), a LazyConfig .py, a run's config.yaml "
-                   "or a yacs .yaml")
-    p.add_argument("--tasks", nargs="+", default=["flop"], metavar="TASK",
-                   help="any of {} (default: flop)".format(" ".join(TASKS)))
-    p.add_argument("--op", default=None, help="set the aggregation operator (model.backbone.aggregation): "
-                   "one of {}".format(", ".join(AGGREGATION_OPS)))
-    p.add_argument("--weights", default=None, help="a checkpoint (path or URL); default: random weights")
-    p.add_argument("--height", type=int, default=None, help="input image height (default: the config's test "
-                   "resize, 800 for COCO)")
-    p.add_argument("--width", type=int, default=None, help="input image width (default: its max size, 1333)")
-    p.add_argument("--max-depth", type=int, default=3, help="module depth of the per-module tables")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and image")
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value")
-    args = p.parse_args(argv)
-    moved = [t for t in args.tasks if "=" in t]  # "--tasks flop key=value": the override is no task
-    args.tasks = [t for t in args.tasks if t not in moved]
-    args.opts = moved + list(args.opts or [])
-    return args
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    from afa_d2.modeling.aggregation import AGGREGATION_OPS
-
-    bad = [t for t in args.tasks if t not in TASKS]
-    if not args.tasks:
-        raise AnalysisInputError("no --tasks given; valid: {}".format(" ".join(TASKS)))
-    if bad:
-        raise AnalysisInputError("unknown task {!r}; valid: {}".format(bad[0], " ".join(TASKS)))
-    if args.op is not None and args.op not in AGGREGATION_OPS:
-        raise AnalysisInputError("unknown operator --op {!r}; valid: {}".format(args.op, ", ".join(AGGREGATION_OPS)))
-    for name in ("height", "width"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise AnalysisInputError("--{} {} must be a positive number of pixels".format(name, v))
-
-
-def run(args: argparse.Namespace) -> ModelAnalysis:
-    """What ``tools/analyze_model.py`` does with parsed ``args`` (errors raised, not printed)."""
-    _check_args(args)
-    opts = list(args.opts or [])
-    cfg = load_any_config(args.config, [])
-    if args.op is not None:
-        opts.insert(0, ("MODEL.AFA.AGGREGATION=" if is_yacs(cfg) else "model.backbone.aggregation=") + args.op)
-    cfg = load_any_config(args.config, opts)
-    h, w = default_image_size(cfg)
-    size = (args.height or h, args.width or w)
-    model = build_model(cfg, args.weights, args.device, args.seed, config_name=args.config)
-    return analyze_model(model, args.tasks, size, max_depth=args.max_depth, config_name=args.config,
-                         seed=args.seed)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python tools/analyze_model.py``: prints the report; bad input is one line on stderr, exit 2."""
-    from afa_d2.cli import known_errors, one_line
-
-    args = parse_args(argv)
-    try:
-        result = run(args)
-    except known_errors() as e:
-        print("analyze_model: error: {}".format(one_line(e)), file=sys.stderr)
-        return 2
-    print(result.text())
-    return 0
