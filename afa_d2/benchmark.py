@@ -346,7 +346,7 @@ def _p2_attention(padded_hw, seed: int = 0, *, stride: int = 4, pooling: str = "
     configs' p2); another level through the keywords (:func:`_finest_attention`).
 
     Returns (q tokens (1, H*W, C), k, v (1, heads, M, C/heads), (H, W), multiply-adds of QK^T and PV)."""
-    from afa_d2.modeling.ms_attention import pool_windows
+    from afa_d2.modeling.pooling import pool_windows
 
     h, w = (-(-int(size) // stride) for size in padded_hw)
     c = channels

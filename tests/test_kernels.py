@@ -111,9 +111,9 @@ def test_import_afa_d2_installs_the_measured_kernels_and_modeling_alone_has_the_
     """modeling computes MS-Att with nn.Linear and SDPA; the execution layer's kernels reach it only through
     use_kernels, which ``import afa_d2`` calls (docs/DESIGN.md, "Layers")."""
     from afa_d2 import execution
-    from afa_d2.modeling import ms_attention
+    from afa_d2.modeling import tokens
 
-    installed = ms_attention.token_kernels()
+    installed = tokens.token_kernels()
     assert installed.token_linear is K.token_linear and installed.attend is K.attend
     m = _attention()
     x = torch.randn(1, 32, 23, 37)
@@ -122,17 +122,17 @@ def test_import_afa_d2_installs_the_measured_kernels_and_modeling_alone_has_the_
         fast = m(x)
         assert [c for c in calls if c[2:] == (1, 1)], "the measured kernels ran (forced)"
         calls.clear()
-        previous = ms_attention.use_kernels(ms_attention.TokenKernels())
+        previous = tokens.use_kernels(tokens.TokenKernels())
         try:
             plain = m(x)
         finally:
-            assert ms_attention.use_kernels(previous) == ms_attention.TokenKernels()
+            assert tokens.use_kernels(previous) == tokens.TokenKernels()
     assert [c for c in calls if c[2:] == (1, 1)] == [], "modeling's own kernels are the plain ops"
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
-    assert ms_attention.token_kernels() is previous
+    assert tokens.token_kernels() is previous
     assert execution.install() == previous  # installing again changes nothing
     with pytest.raises(TypeError, match="TokenKernels"):
-        ms_attention.use_kernels(K.attend)
+        tokens.use_kernels(K.attend)
 
 
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])

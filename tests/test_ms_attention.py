@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from afa_d2.modeling import MSAttention
-from afa_d2.modeling.ms_attention import pool_tokens, pool_windows
+from afa_d2.modeling.pooling import pool_tokens, pool_windows
 
 
 def test_param_count_for_256_channels():
@@ -159,7 +159,7 @@ def test_fast_gradients_equal_reference(channels_last):
 
 
 def test_tokens_round_trip_without_copies():
-    from afa_d2.modeling.ms_attention import from_tokens, to_tokens
+    from afa_d2.modeling.tokens import from_tokens, to_tokens
 
     x = torch.randn(2, 8, 5, 7).to(memory_format=torch.channels_last)
     t = to_tokens(x)
@@ -236,7 +236,7 @@ def test_a_bool_is_not_a_number_of_heads_anywhere():
 def test_pool_windows_describe_the_tokens_pool_tokens_makes(pooling):
     """The one description of MS-Att's key/value geometry: as many tokens, in the same grids, as pool_tokens
     makes, on maps below and above the strides; a kernel is the stride unless the map is smaller."""
-    from afa_d2.modeling.ms_attention import pool_tokens, pool_windows
+    from afa_d2.modeling.pooling import pool_tokens, pool_windows
 
     m = MSAttention(16, 4, pooling=pooling, pool_stride=4, adaptive_pool_size=3)
     for h, w in [(1, 1), (3, 5), (8, 8), (9, 17), (40, 23)]:

@@ -8,7 +8,7 @@
 :func:`install` makes every MS-Att block of the process use the measured kernels; ``import afa_d2`` calls it
 (docs/DESIGN.md, "Layers"). ``modeling`` never imports this package.
 """
-from afa_d2.modeling.ms_attention import TokenKernels, use_kernels
+from afa_d2.modeling.tokens import TokenKernels, use_kernels
 
 from . import kernels
 

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from afa_d2.compat import autocast_state, nnpack_spatial_convolution
-from afa_d2.modeling.ms_attention import plain_attend
+from afa_d2.modeling.tokens import plain_attend
 
 __all__ = [
     "KERNELS_ENV",

@@ -106,7 +106,7 @@ class PoolRegions:
 def kv_token_regions(attn: nn.Module, kv_hw: Tuple[int, int]) -> List[PoolRegions]:
     """The window of every pooled key/value token of ``attn`` on a key/value map of size ``kv_hw``.
 
-    In the order of :func:`~afa_d2.modeling.ms_attention.pool_tokens`: pool after pool, row-major
+    In the order of :func:`~afa_d2.modeling.pooling.pool_tokens`: pool after pool, row-major
     within a pool; token t of the result is the average of ``x_kv`` over its window.
 
     Args:

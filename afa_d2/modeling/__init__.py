@@ -9,7 +9,8 @@ from .backbone import (
     build_retinanet_resnet_attention_fpn_backbone,
     build_swin_attention_fpn_backbone,
 )
-from .ms_attention import POOLING_TYPES, MSAttention
+from .ms_attention import MSAttention
+from .pooling import POOLING_TYPES
 from .swin import SwinBottomUp
 
 __all__ = [

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
 from torch import Tensor, nn
 
-from .ms_attention import MSAttention, _add_residual, add_tokens, from_tokens, to_tokens, token_view
+from .ms_attention import MSAttention, _add_residual
+from .tokens import add_tokens, from_tokens, to_tokens, token_view
 
 __all__ = [
     "AGGREGATION_OPS",

@@ -21,94 +21,23 @@ hidden tokens, and the residual adds are in place on fresh linear outputs.
 transposes, out-of-place adds), kept to test the fast path against (fp32, 1e-4) and to
 benchmark it (``python tools/benchmark.py --reference``).
 
-The fast path's two large products on a big map, the token linears and the attention itself, go through
-:class:`TokenKernels`: the plain ops here (``nn.Linear``, SDPA). Which faster kernel a host has is not
-model code; the CPU execution layer (:mod:`afa_d2.execution`) installs its measured kernels with
-:func:`use_kernels` (docs/DESIGN.md, "Layers").
+The token layout and the kernels of the fast path's two large products (the token linears, the attention)
+are :mod:`.tokens`; the key/value pooling and its geometry are :mod:`.pooling`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = [
-    "MSAttention",
-    "TokenKernels",
-    "plain_attend",
-    "plain_token_linear",
-    "token_kernels",
-    "use_kernels",
-    "check_attention_args",
-    "DWMLP",
-    "POOLING_TYPES",
-    "PoolWindow",
-    "pool_tokens",
-    "pool_windows",
-    "to_tokens",
-    "token_view",
-    "from_tokens",
-    "add_tokens",
-]
+from .pooling import POOLING_TYPES, PoolWindow, pool_tokens, pool_windows
+from .tokens import from_tokens, to_tokens, token_kernels
 
-POOLING_TYPES = ("multi_scale", "single_scale", "adaptive")
-
-
-def plain_token_linear(linear: nn.Linear, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
-    """``linear(x)`` for tokens x of shape (N, H*W, C_in) on an H x W grid -> (N, H*W, C_out)."""
-    return linear(x)
-
-
-def plain_attend(q: Tensor, k: Tensor, v: Tensor, feat_size: Tuple[int, int]) -> Tensor:
-    """Multi-head attention of query tokens over pooled keys and values, by SDPA.
-
-    Args:
-        q: Tensor of shape (N, H*W, C), query tokens (heads along C, head-major); not scaled.
-        k, v: Tensors of shape (N, heads, M, C/heads).
-        feat_size: (H, W) of the query grid (unused here; a kernel that works on the grid needs it).
-
-    Returns:
-        Tensor of shape (N, H*W, C): ``softmax(Q K^T / sqrt(C/heads)) V``, heads concatenated.
-    """
-    n, hw, c = q.shape
-    heads = k.shape[1]
-    q4 = q.view(n, hw, heads, c // heads).transpose(1, 2)  # (N, heads, H*W, C/heads), a view
-    att = F.scaled_dot_product_attention(q4, k, v)  # (N, heads, H*W, C/heads)
-    return att.transpose(1, 2).reshape(n, hw, c)  # (N, H*W, C)
-
-
-@dataclass(frozen=True)
-class TokenKernels:
-    """The functions that compute MS-Att's large products, with :func:`plain_token_linear` and
-    :func:`plain_attend`'s signatures. A replacement must compute the same values (it may pick another
-    kernel by host, size or precision) and fall back to the plain op where it does not apply."""
-
-    token_linear: Callable[[nn.Linear, Tensor, Tuple[int, int]], Tensor] = plain_token_linear
-    attend: Callable[[Tensor, Tensor, Tensor, Tuple[int, int]], Tensor] = plain_attend
-
-
-_kernels = TokenKernels()
-
-
-def token_kernels() -> TokenKernels:
-    """The kernels every MS-Att block of this process uses now."""
-    return _kernels
-
-
-def use_kernels(kernels: TokenKernels) -> TokenKernels:
-    """Make every MS-Att block of this process compute its large products with ``kernels``; returns the
-    previous ones (to restore them). Process-wide, not per model: a model built by ``instantiate`` or
-    detectron2's ``build_model`` in a user's own script takes them too."""
-    global _kernels
-    if not isinstance(kernels, TokenKernels):
-        raise TypeError("use_kernels takes a TokenKernels, got {!r}".format(kernels))
-    previous, _kernels = _kernels, kernels
-    return previous
+__all__ = ["DWMLP", "MSAttention", "check_attention_args"]
 
 
 def _positive_int(value) -> bool:
@@ -154,82 +83,6 @@ def check_attention_args(
         raise ValueError("{}: checkpoint_mlp must be a bool, got {!r}".format(where, checkpoint_mlp))
 
 
-def _clamped_avg_pool(x: Tensor, stride: int) -> Tensor:
-    """Average pooling with kernel = stride, never below 1x1.
-
-    The kernel (and stride) is clamped to the input size per axis, and ``ceil_mode`` keeps
-    the border pixels (the last window averages only what lies inside the input), so every
-    pixel contributes and an input of 3x5 pooled with stride 16 gives 1x1.
-
-    Args:
-        x: Tensor of shape (N, C, H, W).
-        stride: the pooling stride r (> 0).
-
-    Returns:
-        Tensor of shape (N, C, ceil(H / kh), ceil(W / kw)) with kh = min(r, H), kw = min(r, W).
-    """
-    kh = min(stride, int(x.shape[-2]))
-    kw = min(stride, int(x.shape[-1]))
-    if kh == 1 and kw == 1:
-        return x
-    return F.avg_pool2d(x, kernel_size=(kh, kw), stride=(kh, kw), ceil_mode=True)
-
-
-def pool_tokens(
-    x: Tensor, pooling: str, strides: Tuple[int, ...], adaptive_size: int
-) -> Tensor:
-    """Key/value tokens of MS-Att: pooled maps of ``x``, flattened and concatenated.
-
-    Args:
-        x: Tensor of shape (N, C, H, W), the key/value source.
-        pooling: one of :data:`POOLING_TYPES`.
-        strides: pooling strides, (r, 2r) for "multi_scale", (r,) for "single_scale".
-        adaptive_size: output side of the "adaptive" pool (clamped to the input size).
-
-    Returns:
-        Tensor of shape (N, M, C): M tokens, the pools' outputs in order.
-    """
-    if pooling == "adaptive":
-        size = (min(adaptive_size, int(x.shape[-2])), min(adaptive_size, int(x.shape[-1])))
-        pooled = [F.adaptive_avg_pool2d(x, size)]
-    else:
-        pooled = [_clamped_avg_pool(x, s) for s in strides]
-    # each (N, C, h_j, w_j) -> (N, C, h_j * w_j); concatenated -> (N, C, M) -> (N, M, C)
-    return torch.cat([p.flatten(2) for p in pooled], dim=2).transpose(1, 2)
-
-
-def to_tokens(x: Tensor) -> Tensor:
-    """(N, C, H, W) -> tokens (N, H*W, C), row-major over the grid.
-
-    Contiguous: a view (no copy) when ``x`` is channels_last, one copy otherwise.
-    """
-    return token_view(x).contiguous()
-
-
-def token_view(x: Tensor) -> Tensor:
-    """(N, C, H, W) -> tokens (N, H*W, C) as a view, contiguous only if ``x`` is channels_last."""
-    n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # (N, H*W, C)
-
-
-def add_tokens(a: Tensor, b: Tensor) -> Tensor:
-    """``a + b`` of two (N, L, C) token tensors, as contiguous tokens whatever their strides.
-
-    The sum takes the layout of its first contiguous operand, so no copy follows when either
-    one is contiguous (addition commutes: the values do not depend on the order).
-    """
-    if b.is_contiguous() and not a.is_contiguous():
-        a, b = b, a
-    return (a + b).contiguous()
-
-
-def from_tokens(x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
-    """Tokens (N, H*W, C) -> (N, C, H, W): a channels_last view of contiguous tokens, no copy."""
-    n, _, c = x.shape
-    h, w = feat_size
-    return x.reshape(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W)
-
-
 def _add_residual(x: Tensor, residual: Tensor) -> Tensor:
     """``x + residual``, in place on ``x`` (a fresh linear output) where autograd allows it.
 
@@ -266,13 +119,13 @@ class DWMLP(nn.Module):
         """
         n = x.shape[0]
         h, w = feat_size
-        x = _kernels.token_linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
+        x = token_kernels().token_linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
         hidden = x.shape[-1]
         # (N, H, W, hidden) permuted to (N, hidden, H, W): a channels_last view, no copy; the
         # depth-wise conv keeps channels_last, so its output is again a view of tokens
         x = self.dwconv(x.view(n, h, w, hidden).permute(0, 3, 1, 2))
         x = x.permute(0, 2, 3, 1).reshape(n, h * w, hidden)  # (N, H*W, hidden)
-        return _kernels.token_linear(self.fc2, self.act(x).contiguous(), feat_size)
+        return token_kernels().token_linear(self.fc2, self.act(x).contiguous(), feat_size)
 
     def forward_reference(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         """The straightforward :meth:`forward` (NCHW transposes), for tests and benchmarks."""
@@ -439,15 +292,15 @@ class MSAttention(nn.Module):
         f_kv = self.kv_tokens(x_kv)  # (N, M, C)
         m = f_kv.shape[1]
 
-        q = _kernels.token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
+        q = token_kernels().token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
         kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C): few tokens, the plain linear
         kv = kv.view(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
         k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
         if q.dtype != k.dtype:  # autocast may leave them apart
             k, v = k.to(q.dtype), v.to(q.dtype)
 
-        att = _kernels.attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or the host's kernel (TokenKernels)
-        x = _kernels.token_linear(self.proj, att.contiguous(), feat_size)
+        att = token_kernels().attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or the host's kernel (TokenKernels)
+        x = token_kernels().token_linear(self.proj, att.contiguous(), feat_size)
         x = _add_residual(x, f_q)  # eq. (7), inner sum f_q + Att
         if self.checkpoint_mlp and x.requires_grad and torch.is_grad_enabled():
             y = checkpoint(self._mlp_branch, x, feat_size, use_reentrant=False)
@@ -541,53 +394,3 @@ class MSAttention(nn.Module):
         x = f_q + att  # eq. (7), inner sum
         p_q = f_q + self.mlp.forward_reference(self.norm_mlp(x), (h, w))  # (N, H*W, C)
         return p_q.transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
-
-
-@dataclass(frozen=True)
-class PoolWindow:
-    """One pool of :func:`pool_tokens` on an h x w map: its name ("r=8", "7x7 adaptive"), its kernel (= its
-    stride, clamped to the map; None for the adaptive pool), its output grid and the map's size. The one
-    description of MS-Att's key/value geometry: token counts (the benchmark), token windows (the attention
-    maps) and the sizes a traced graph serves (the export) all read it."""
-
-    name: str
-    kernel: Optional[Tuple[int, int]]
-    out: Tuple[int, int]
-    size: Tuple[int, int]  # (h, w) of the pooled map
-
-    @property
-    def tokens(self) -> int:
-        return self.out[0] * self.out[1]
-
-    def token_windows(self) -> List[Tuple[int, int, int, int]]:
-        """The window (y0, y1, x0, x1) of the map each of this pool's tokens averages, row-major over
-        ``out``: kernel-sized windows with the last one clipped to the map (``ceil_mode``), or
-        ``adaptive_avg_pool2d``'s ``[floor(i*size/out), ceil((i+1)*size/out))``."""
-        if self.kernel is None:
-            rows, cols = (_adaptive_edges(s, o) for s, o in zip(self.size, self.out))
-        else:
-            rows, cols = (_kernel_edges(s, k) for s, k in zip(self.size, self.kernel))
-        return [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
-
-
-def _kernel_edges(size: int, kernel: int) -> List[Tuple[int, int]]:
-    """Windows of an average pool with kernel = stride and ceil_mode along one axis."""
-    return [(a, min(a + kernel, size)) for a in range(0, size, kernel)]
-
-
-def _adaptive_edges(size: int, out: int) -> List[Tuple[int, int]]:
-    """Windows of ``adaptive_avg_pool`` from ``size`` to ``out`` along one axis."""
-    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
-
-
-def pool_windows(h: int, w: int, pooling: str, strides: Tuple[int, ...], adaptive_size: int) -> List[PoolWindow]:
-    """The pools of :func:`pool_tokens` for an h x w input, in token order."""
-    h, w = int(h), int(w)
-    if pooling == "adaptive":
-        return [PoolWindow("{}x{} adaptive".format(min(adaptive_size, h), min(adaptive_size, w)), None,
-                           (min(adaptive_size, h), min(adaptive_size, w)), (h, w))]
-    out = []
-    for s in strides:
-        kh, kw = min(s, h), min(s, w)
-        out.append(PoolWindow("r={}".format(s), (kh, kw), (-(-h // kh), -(-w // kw)), (h, w)))
-    return out
