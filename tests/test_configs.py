@@ -141,7 +141,7 @@ def test_readme_lists_every_recipe():
 
 
 def test_no_lambda_in_configs():
-    """A dumped config with a lambda cannot be loaded again (STYLE.md): functools.partial instead."""
+    """A dumped config with a lambda cannot be loaded again: functools.partial instead."""
     offenders = [_rel(p) for p in ALL_PY if re.search(r"\blambda\b", open(p).read())]
     assert not offenders, "lambda in {}".format(offenders)
 
