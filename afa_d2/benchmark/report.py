@@ -69,7 +69,8 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
         ("model GFLOPs", num("model_flops", 1e9, 1), "model_flops"),
         ("neck ms", num("neck_latency_s", 1e-3, 1), "neck_latency_s"),
         ("neck GFLOP/s", num("neck_gflops_per_s", 1, 1), "neck_gflops_per_s"),
-        ("of 3x3 conv", lambda r: "{:.2f}".format(r["neck_of_reference_conv"]), "neck_of_reference_conv"),
+        ("of 3x3 conv", lambda r: "{:.2f}".format(r["neck_of_reference_conv"]) if "neck_of_reference_conv" in r
+         else "-", "neck_of_reference_conv"),  # "-": a variant only trained (":ckpt")
         ("model ms", num("model_latency_s", 1e-3, 1), "model_latency_s"),
         ("cands/dets" if one_stage else "props/dets", props, "model_latency_s"),
         ("floor", lambda r: "x{:.2f}".format(r["model_floor_ratio"]) if "model_floor_ratio" in r else "-",
