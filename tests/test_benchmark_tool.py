@@ -117,6 +117,15 @@ def test_reference_variants_and_interleaved_timing():
     assert args.reference and args.train_rounds == 3
 
 
+def test_table_shows_a_trained_only_variant_beside_the_timed_ones():
+    """--train --checkpoint-mlp: "<op>:ckpt" is trained, never timed at inference; its inference cells read "-"."""
+    timed = {"op": "sum", "neck_flops": 1e9, "neck_latency_s": 0.01, "neck_of_reference_conv": 0.5,
+             "model_latency_s": 1.0, "proposals": 50, "detections": 5, "train_step_s": 2.0}
+    table = benchmark.format_table({"sum": timed, "msca:ckpt": {"op": "msca:ckpt", "train_step_s": 3.0}})
+    row = table.splitlines()[-1].split()
+    assert row == ["msca:ckpt", "-", "-", "-", "-", "-/-", "3000.0"], table
+
+
 def _ms_att_params(c):
     """One MS-Att block at C = c, mlp_ratio 2: LayerNorms 3 x 2C, q C^2 + C, kv 2C^2 + 2C, proj C^2 + C,
     DW-MLP fc1 2C^2 + 2C, dwconv 9 x 2C + 2C, fc2 2C^2 + C."""
