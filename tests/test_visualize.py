@@ -294,3 +294,15 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     torch.save({"model": {}}, str(no_meta))
     line = _error(capsys, ["predictions", "--model", str(no_meta), "--images", img])
     assert "no afa_d2_metadata" in line and "CONFIG=" in line
+
+
+def test_a_predictions_output_without_a_picture_suffix_is_refused_before_any_model_loads(tmp_path, capsys):
+    """cv2 cannot write a file without a picture suffix: refused at argument parsing (it was a traceback at the
+    end, after every model ran)."""
+    with pytest.raises(SystemExit) as e:
+        visualize_main(["predictions", "--model", "shapes/mask_rcnn_R_18_msca.py", "--dataset", "shapes_val",
+                        "--output", str(tmp_path / "figure")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--output '{}': expected a picture file name ending in .png".format(tmp_path / "figure") in err
+    assert "Traceback" not in err and not os.path.exists(tmp_path / "figure")

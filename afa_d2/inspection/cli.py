@@ -38,6 +38,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------- tools/visualize.py
+#: What ``predictions --output`` may end in: the formats OpenCV writes a picture in.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
 def _add_models(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument("--model", action="append", required=True, metavar="SPEC",
                    help="CONFIG=WEIGHTS (a zoo name or config file, and a checkpoint), a published WEIGHTS.pth "
@@ -93,6 +96,9 @@ def parse_visualize_args(argv: Optional[Sequence[str]] = None) -> argparse.Names
     en.add_argument("--output", default="output/visualize/energy.png")
     en.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides key=value (every model)")
     args = p.parse_args(argv)
+    if args.command == "predictions" and os.path.splitext(args.output)[1].lower() not in PICTURE_SUFFIXES:
+        p.error("--output {!r}: expected a picture file name ending in {}".format(
+            args.output, " or ".join(PICTURE_SUFFIXES)))
     if args.images:  # "--images a.png key=value": the override is not an image
         moved = [f for f in args.images if "=" in f and not os.path.isfile(f)]
         args.images = [f for f in args.images if f not in moved]
