@@ -6,7 +6,7 @@ import os
 import pytest
 
 import afa_d2  # noqa: F401  (before detectron2)
-from afa_d2.inspection import cli, tables
+from afa_d2.inspection import blocks, cli, tables
 from afa_d2.model_zoo import get_config
 from afa_d2.model_zoo.paper import PAPER_RESULTS
 
@@ -49,7 +49,7 @@ def _row(markdown, config):
 def test_readme_tables_are_generated():
     """configs/README.md's paper tables are make_tables' output from no runs: they cannot be edited by hand."""
     with open(README) as f:
-        committed = tables.read_blocks(f.read())
+        committed = blocks.read_blocks(f.read())
     generated = tables.make_tables()["blocks"]
     assert list(committed) == ["table1", "table3", "table4", "table5", "table6"]
     for key in generated:
@@ -122,13 +122,13 @@ def test_explicit_run_and_box_only(tmp_path):
 
 def test_update_rewrites_only_the_blocks(tmp_path, capsys):
     doc = tmp_path / "doc.md"
-    doc.write_text("# Results\n\nintro\n\n{}\nstale table\n{}\n\nafter\n".format(tables.BEGIN.format("table3"),
-                                                                                  tables.END))
+    doc.write_text("# Results\n\nintro\n\n{}\nstale table\n{}\n\nafter\n".format(blocks.BEGIN.format("table3"),
+                                                                                  blocks.END))
     assert cli.make_tables_main(["--update", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("# Results\n\nintro\n\n") and text.endswith("\n\nafter\n") and "stale" not in text
-    assert tables.read_blocks(text) == {"table3": tables.make_tables(tables=["3"])["blocks"]["table3"]}
-    assert tables.NOTE in text
+    assert blocks.read_blocks(text) == {"table3": tables.make_tables(tables=["3"])["blocks"]["table3"]}
+    assert blocks.NOTE in text
     assert cli.make_tables_main(["--update", str(doc)]) == 0 and "already up to date" in capsys.readouterr().out
 
 
@@ -198,6 +198,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     line = _error(capsys, ["--update", str(plain)])
     assert "no make_tables blocks" in line
     broken = tmp_path / "broken.md"
-    broken.write_text("{}\n| x |\n".format(tables.BEGIN.format("table1")))
+    broken.write_text("{}\n| x |\n".format(blocks.BEGIN.format("table1")))
     with pytest.raises(tables.RunError, match="has no"):
-        tables.read_blocks(broken.read_text())
+        blocks.read_blocks(broken.read_text())

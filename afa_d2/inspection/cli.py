@@ -22,7 +22,9 @@ from .energy import ENERGY_METRICS, draw_energy, pyramid_energy
 from .errors import AnalysisInputError, VisualizeInputError
 from .models import LoadedModel, dataset_records, load_model, read_image
 from .predictions import draw_predictions
-from .tables import RunError, make_tables, update_markdown
+from .blocks import update_markdown
+from .errors import RunError
+from .tables import make_tables
 
 __all__ = [
     "analyze_main",

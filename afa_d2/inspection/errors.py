@@ -1,7 +1,7 @@
 """Bad input to the inspection tools: the message says what and how to fix it, and the commands print it as one
 line (:func:`afa_d2.cli.one_line`)."""
 
-__all__ = ["AnalysisInputError", "VisualizeInputError"]
+__all__ = ["AnalysisInputError", "RunError", "VisualizeInputError"]
 
 
 class AnalysisInputError(ValueError):
@@ -10,3 +10,8 @@ class AnalysisInputError(ValueError):
 
 class VisualizeInputError(AnalysisInputError):
     """A bad input to the visualization tool (one line: what, and how to fix it)."""
+
+
+class RunError(ValueError):
+    """A run folder that cannot be read or placed, or a markdown file whose generated blocks are broken (one line:
+    which, why, and how to fix it)."""
