@@ -47,8 +47,6 @@ class Predictor:
     def __init__(self, config: Union[str, Any], weights: Optional[str] = None, device: Optional[str] = None, *,
                  opts: Sequence[str] = (), trained: bool = False, precision: str = "fp32",
                  force_precision: bool = False):
-        from detectron2.data import transforms as T
-
         from afa_d2.engine import apply_overrides
         from afa_d2.model_zoo.build import build_model, inference_augmentations, input_format, load_any_config
 
@@ -73,7 +71,7 @@ class Predictor:
             from afa_d2.execution.runtime import prepare_for_cpu_inference
 
             prepare_for_cpu_inference(self.model)
-        self.aug = T.AugmentationList(inference_augmentations(cfg))
+        self.augmentations = inference_augmentations(cfg)
         self.input_format = input_format(cfg)
 
     def __call__(self, image: np.ndarray) -> Dict[str, Any]:
@@ -84,17 +82,12 @@ class Predictor:
         Returns:
             dict: ``{"instances": Instances}`` in the image's own coordinates (detectron2's format).
         """
-        from detectron2.data import transforms as T
+        from afa_d2.model_zoo.build import test_time_input
 
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError("Predictor expects an (H, W, 3) BGR uint8 array, got {}".format(
                 getattr(image, "shape", type(image).__name__)))
-        height, width = image.shape[:2]
-        if self.input_format == "RGB":
-            image = image[:, :, ::-1]
-        aug_input = T.AugInput(image)
-        self.aug(aug_input)
-        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).to(self.device)
+        inputs, _ = test_time_input(image, self.augmentations, self.input_format, "BGR", self.device)
         with torch.no_grad(), precision_scope(self.precision, self.device):
-            out = self.model([{"image": tensor, "height": height, "width": width}])[0]
+            out = self.model([inputs])[0]
         return outputs_to_fp32(out)

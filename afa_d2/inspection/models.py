@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from afa_d2.model_zoo.build import build_model, inference_augmentations, input_format, load_any_config
+from afa_d2.model_zoo.build import (build_model, inference_augmentations, input_format, load_any_config,
+                                    test_time_input)
 
 from .errors import VisualizeInputError
 from .pyramid import find_pyramid, operator_label
@@ -188,14 +189,9 @@ def prepare_input(lm: LoadedModel, rgb: np.ndarray) -> PreparedInput:
         PreparedInput: ``inputs`` ({"image": Tensor of shape (3, H', W'), "height": H, "width": W}),
         ``transforms`` (image -> network input coordinates), ``input_hw`` (H', W').
     """
-    from detectron2.data import transforms as T
-
-    image = rgb if lm.input_format == "RGB" else rgb[:, :, ::-1]
-    aug_input = T.AugInput(np.ascontiguousarray(image))
-    transforms = T.AugmentationList(list(lm.augmentations))(aug_input)
-    tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
     device = next(lm.model.parameters()).device
-    inputs = {"image": tensor.to(device), "height": rgb.shape[0], "width": rgb.shape[1]}
+    inputs, transforms = test_time_input(rgb, lm.augmentations, lm.input_format, "RGB", device)
+    tensor = inputs["image"]
     return PreparedInput(inputs, transforms, (int(tensor.shape[1]), int(tensor.shape[2])))
 
 

@@ -17,8 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["YACS_SUFFIXES", "architecture", "build_model", "default_image_size", "inference_augmentations", "input_format",
-           "is_yacs", "load_any_config", "load_weights", "looks_like_yacs"]
+__all__ = ["YACS_SUFFIXES", "architecture", "build_model", "default_image_size", "inference_augmentations",
+           "input_format", "is_yacs", "load_any_config", "load_weights", "looks_like_yacs", "test_time_input"]
 
 YACS_SUFFIXES = (".yaml", ".yml")
 
@@ -121,6 +121,29 @@ def input_format(cfg) -> str:
     if is_yacs(cfg):
         return str(cfg.INPUT.FORMAT)
     return str(cfg.model.get("input_format", "BGR"))
+
+
+def test_time_input(image, augmentations: Sequence, input_format: str, image_format: str = "BGR",
+                    device: str = "cpu"):
+    """A detector's input for one image, made as the config's test loader makes it.
+
+    Args:
+        image: array of shape (H, W, 3), uint8, in ``image_format`` ("BGR" as cv2 reads, or "RGB").
+        augmentations: the test-time augmentations (:func:`inference_augmentations`).
+        input_format: the channel order the model expects (:func:`input_format`).
+
+    Returns:
+        (inputs, transforms): ``{"image": Tensor (3, H', W') on device, "height": H, "width": W}`` and the
+        applied transforms (image -> network input coordinates).
+    """
+    import numpy as np
+    from detectron2.data import transforms as T
+
+    array = image if image_format == input_format else image[:, :, ::-1]
+    aug_input = T.AugInput(np.ascontiguousarray(array))
+    transforms = T.AugmentationList(list(augmentations))(aug_input)
+    tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))).to(device)
+    return {"image": tensor, "height": int(image.shape[0]), "width": int(image.shape[1])}, transforms
 
 
 def _target_name(node) -> str:
