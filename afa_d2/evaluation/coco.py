@@ -1,7 +1,8 @@
 """COCO box and mask AP on faster-coco-eval, as a detectron2 ``DatasetEvaluator`` (docs/DESIGN.md, "The recipe").
 
 detectron2's ``COCOEvaluator`` evaluates with its C++ ``COCOeval_opt``, which the registry
-copy of v0.6 lacks (docs/DESIGN.md, "detectron2 where only PyPI is reachable"). This evaluator keeps its interface and its numbers
+copy of v0.6 lacks (docs/DESIGN.md, "detectron2 where only PyPI is reachable"). This evaluator keeps its
+interface and its numbers
 (``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>"}, "segm": {...}}``,
 in percent, NaN where undefined) and evaluates with ``faster_coco_eval.COCOeval_faster``,
 whose results equal pycocotools' (tests/test_evaluation.py checks all 12 stats).

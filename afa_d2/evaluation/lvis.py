@@ -1,4 +1,5 @@
-"""LVIS v1 box and mask AP (with APr / APc / APf) on faster-coco-eval (docs/DESIGN.md, "The recipe" and "detectron2 where only PyPI is reachable").
+"""LVIS v1 box and mask AP (with APr / APc / APf) on faster-coco-eval (docs/DESIGN.md, "The recipe" and
+"detectron2 where only PyPI is reachable").
 
 The official ``lvis`` package (0.5.3) evaluates with ``np.float``, gone since NumPy 1.24,
 and detectron2's ``LVISEvaluator`` calls it. This evaluator follows the LVIS protocol

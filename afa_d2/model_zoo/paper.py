@@ -39,7 +39,8 @@ _ROWS = {
 }
 
 PAPER_RESULTS: Dict[str, Dict[str, Optional[float]]] = {
-    name: {"table": table, "box_AP": box, "mask_AP": mask, "fps": fps} for name, (table, box, mask, fps) in _ROWS.items()
+    name: {"table": table, "box_AP": box, "mask_AP": mask, "fps": fps}
+    for name, (table, box, mask, fps) in _ROWS.items()
 }
 
 

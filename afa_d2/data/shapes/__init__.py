@@ -17,7 +17,8 @@ each side, 192..320 by default, so odd sizes appear):
   colour whose hue leans to its class's (:data:`HUE_SPREAD_DEG` around hues 36 degrees
   apart: a strong prior, which lets a model trained from scratch on a CPU learn the
   classes within minutes; where neighbouring hues overlap, the shape decides),
-  log-uniform size from 4 px to 85 % of the shorter image side, with a slight shading; they occlude each other (mostly smaller on top of larger), and each
+  log-uniform size from 4 px to 85 % of the shorter image side, with a slight shading; they occlude each other
+  (mostly smaller on top of larger), and each
   instance mask is the *visible* part (holes included, hence RLE), its box the box of
   that part; instances with less than 25 % (or 6 px) visible are dropped;
 - 0-3 small *markers* (an upright elongated rhombus, 7-14 px), placed in the half
