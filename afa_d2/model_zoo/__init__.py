@@ -9,7 +9,7 @@ detectron2's ``model_zoo`` API over afa_d2's configs and checkpoints::
 
 * :mod:`.catalog`: the shipped configs by name (they travel with the package);
 * ``afa_d2.hub`` (below the engine, which loads URLs too): checkpoints by path or URL, cached, checked against
-the sha256 prefix in their name
+  the sha256 prefix in their name
   on every load;
 * :mod:`.zoo`: the zoo URL (``$AFA_D2_ZOO_URL``), its index, ``get_checkpoint_url`` and ``get``;
 * :mod:`.publish`: publishing a training checkpoint, the index, ``MODEL_ZOO.md``;
