@@ -6,22 +6,14 @@ detectron2's own ``common/models/keypoint_rcnn_fpn.py`` (its Mask R-CNN without 
 ``aggregation="sum"`` this is detectron2's Keypoint R-CNN exactly (tests/test_detectors.py).
 """
 import afa_d2  # noqa: F401  (detectron2 compat patches before detectron2 is used)
-from afa_d2.modeling import AttentionFPN
 from detectron2 import model_zoo
-from detectron2.config import LazyCall as L
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+from .mask_rcnn_afpn import model as _mask_rcnn
 
 model = model_zoo.get_config("common/models/keypoint_rcnn_fpn.py").model
 
-model.backbone = L(AttentionFPN)(
-    bottom_up=model.backbone.bottom_up,
-    in_features="${.bottom_up.out_features}",
-    out_channels=256,
-    aggregation="mssa",  # "sum" (FPN) | "concat" | "mssa" | "msca"
-    attention_levels=["p2", "p3", "p4", "p5"],
-    pooling="multi_scale",
-    top_block=L(LastLevelMaxPool)(),
-)
+# FPN -> AttentionFPN: the same pyramid as mask_rcnn_afpn.py (one place to change it for the R-CNN family)
+model.backbone = _mask_rcnn.backbone
 
 model.proposal_generator.nms_thresh = 0.7
 model.roi_heads.box_predictor.test_topk_per_image = 100
