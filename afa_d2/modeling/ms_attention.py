@@ -119,13 +119,14 @@ class DWMLP(nn.Module):
         """
         n = x.shape[0]
         h, w = feat_size
-        x = token_kernels().token_linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
+        linear = token_kernels().token_linear
+        x = linear(self.fc1, x, feat_size)  # (N, H*W, hidden), contiguous
         hidden = x.shape[-1]
         # (N, H, W, hidden) permuted to (N, hidden, H, W): a channels_last view, no copy; the
         # depth-wise conv keeps channels_last, so its output is again a view of tokens
         x = self.dwconv(x.view(n, h, w, hidden).permute(0, 3, 1, 2))
         x = x.permute(0, 2, 3, 1).reshape(n, h * w, hidden)  # (N, H*W, hidden)
-        return token_kernels().token_linear(self.fc2, self.act(x).contiguous(), feat_size)
+        return linear(self.fc2, self.act(x).contiguous(), feat_size)
 
     def forward_reference(self, x: Tensor, feat_size: Tuple[int, int]) -> Tensor:
         """The straightforward :meth:`forward` (NCHW transposes), for tests and benchmarks."""
@@ -292,15 +293,16 @@ class MSAttention(nn.Module):
         f_kv = self.kv_tokens(x_kv)  # (N, M, C)
         m = f_kv.shape[1]
 
-        q = token_kernels().token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
+        kernels = token_kernels()
+        q = kernels.token_linear(self.q, self.norm_q(f_q), feat_size)  # (N, H*W, C), contiguous
         kv = self.kv(self.norm_kv(f_kv))  # (N, M, 2C): few tokens, the plain linear
         kv = kv.view(n, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, N, heads, M, C/heads)
         k, v = kv[0], kv[1]  # each (N, heads, M, C/heads)
         if q.dtype != k.dtype:  # autocast may leave them apart
             k, v = k.to(q.dtype), v.to(q.dtype)
 
-        att = token_kernels().attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or the host's kernel (TokenKernels)
-        x = token_kernels().token_linear(self.proj, att.contiguous(), feat_size)
+        att = kernels.attend(q, k, v, feat_size)  # (N, H*W, C): SDPA, or the host's kernel (TokenKernels)
+        x = kernels.token_linear(self.proj, att.contiguous(), feat_size)
         x = _add_residual(x, f_q)  # eq. (7), inner sum f_q + Att
         if self.checkpoint_mlp and x.requires_grad and torch.is_grad_enabled():
             y = checkpoint(self._mlp_branch, x, feat_size, use_reentrant=False)

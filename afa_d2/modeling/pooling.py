@@ -18,27 +18,6 @@ __all__ = ["POOLING_TYPES", "PoolWindow", "pool_tokens", "pool_windows"]
 POOLING_TYPES = ("multi_scale", "single_scale", "adaptive")
 
 
-def _clamped_avg_pool(x: Tensor, stride: int) -> Tensor:
-    """Average pooling with kernel = stride, never below 1x1.
-
-    The kernel (and stride) is clamped to the input size per axis, and ``ceil_mode`` keeps
-    the border pixels (the last window averages only what lies inside the input), so every
-    pixel contributes and an input of 3x5 pooled with stride 16 gives 1x1.
-
-    Args:
-        x: Tensor of shape (N, C, H, W).
-        stride: the pooling stride r (> 0).
-
-    Returns:
-        Tensor of shape (N, C, ceil(H / kh), ceil(W / kw)) with kh = min(r, H), kw = min(r, W).
-    """
-    kh = min(stride, int(x.shape[-2]))
-    kw = min(stride, int(x.shape[-1]))
-    if kh == 1 and kw == 1:
-        return x
-    return F.avg_pool2d(x, kernel_size=(kh, kw), stride=(kh, kw), ceil_mode=True)
-
-
 def pool_tokens(
     x: Tensor, pooling: str, strides: Tuple[int, ...], adaptive_size: int
 ) -> Tensor:
@@ -51,13 +30,18 @@ def pool_tokens(
         adaptive_size: output side of the "adaptive" pool (clamped to the input size).
 
     Returns:
-        Tensor of shape (N, M, C): M tokens, the pools' outputs in order.
+        Tensor of shape (N, M, C): M tokens, the pools' outputs in order: those of :func:`pool_windows`, whose
+        kernels (= strides) are clamped to the map per axis, so that every pixel contributes and a 3x5 map
+        pooled with stride 16 gives one token.
     """
-    if pooling == "adaptive":
-        size = (min(adaptive_size, int(x.shape[-2])), min(adaptive_size, int(x.shape[-1])))
-        pooled = [F.adaptive_avg_pool2d(x, size)]
-    else:
-        pooled = [_clamped_avg_pool(x, s) for s in strides]
+    pooled = []
+    for window in pool_windows(x.shape[-2], x.shape[-1], pooling, strides, adaptive_size):
+        if window.kernel is None:
+            pooled.append(F.adaptive_avg_pool2d(x, window.out))
+        elif window.kernel == (1, 1):
+            pooled.append(x)
+        else:  # kernel = stride, clamped to the map; ceil_mode keeps the border pixels (a partial last window)
+            pooled.append(F.avg_pool2d(x, kernel_size=window.kernel, stride=window.kernel, ceil_mode=True))
     # each (N, C, h_j, w_j) -> (N, C, h_j * w_j); concatenated -> (N, C, M) -> (N, M, C)
     return torch.cat([p.flatten(2) for p in pooled], dim=2).transpose(1, 2)
 
