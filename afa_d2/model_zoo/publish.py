@@ -237,11 +237,9 @@ def _operator_from_weights(weights: Dict[str, torch.Tensor]) -> str:
     "/"-joined where the weights cannot tell operators apart or the levels differ."""
     levels: Dict[str, set] = {}
     for k in weights:
-        parts = k.split(".")
-        if k.startswith("backbone.fpn_aggregation") and len(parts) > 2:
-            levels.setdefault(parts[1], set()).add(parts[2])
-        elif k.startswith("backbone.fpn_aggregation"):
-            levels.setdefault(parts[1], set())
+        if k.startswith("backbone.fpn_aggregation"):
+            parts = k.split(".")
+            levels.setdefault(parts[1], set()).update(parts[2:3])  # the level's direct submodule, if any
     ops = {name for children in levels.values() for name in operators_with_modules(children)}
     return "/".join(sorted(ops)) if ops else baseline_operator()
 
