@@ -498,6 +498,14 @@ def test_run_exported_writes_detections_in_image_pixels(tmp_path, msca_onnx_97x1
     assert drawn.shape == (100, 140, 3) and drawn.dtype == np.uint8
     assert np.abs(drawn.astype(int) - bgr.astype(int)).mean() > 5, "no detection drawn on the image"
     assert "class_name" not in first  # exported from a bare model: no names to carry
+    # the same image given as a (3, H, W) tensor in the model's format (BGR) is drawn in its own colours (read
+    # from the model's format, not taken for RGB): where nothing is drawn, both pictures are the image itself
+    # (the detections' colours are the Visualizer's random ones, so the drawn pixels may differ)
+    export.run_exported(info.path, torch.as_tensor(bgr.transpose(2, 0, 1).copy()), str(tmp_path / "t.json"),
+                        draw_threshold=0.0)
+    from_tensor = cv2.imread(str(tmp_path / "t.png"), cv2.IMREAD_COLOR)
+    undrawn = (drawn == bgr).all(axis=-1)
+    assert undrawn.mean() > 0.2 and (from_tensor[undrawn] == bgr[undrawn]).all(axis=-1).mean() > 0.99
 
 
 def test_tools_export_a_config_with_weights_then_run_it(tmp_path, capsys):

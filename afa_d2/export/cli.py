@@ -8,6 +8,7 @@ import os
 import sys
 
 from afa_d2.export.backend import ExportError, MissingExportDependencyError
+from afa_d2.export.detections import class_name
 from afa_d2.export.exporter import export_config
 from afa_d2.export.formats import EXPORT_FORMATS
 from afa_d2.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -112,10 +113,9 @@ def run_main(argv=None) -> int:
     stem = args.output[:-len(".json")] if args.output.endswith(".json") else args.output
     print("{} detections on {} ({}x{}) -> {}, {}.png (drawn){}".format(
         n, args.image, *dets["image_size"], args.output, stem, ", {}_ids.png".format(stem) if "masks" in dets else ""))
-    names = dets.get("class_names") or []
     for i in range(min(n, 5)):
-        c = int(dets["classes"][i])
+        name = class_name(dets, i)
         print("  {:>14}  score {:.3f}  box {}".format(
-            names[c] if 0 <= c < len(names) else "class {}".format(c), float(dets["scores"][i]),
+            "class {}".format(int(dets["classes"][i])) if name is None else name, float(dets["scores"][i]),
             [round(float(v), 1) for v in dets["boxes"][i]]))
     return 0

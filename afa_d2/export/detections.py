@@ -13,7 +13,8 @@ from afa_d2.export.backend import ExportError
 __all__ = ["draw_detections", "write_detections"]
 
 
-def _class_name(dets: Dict[str, Any], i: int) -> Optional[str]:
+def class_name(dets: Dict[str, Any], i: int) -> Optional[str]:
+    """The name of detection ``i``'s class from the exported file's class names; None where it has none."""
     names = dets.get("class_names") or []
     c = int(dets["classes"][i])
     return names[c] if 0 <= c < len(names) else None
@@ -60,8 +61,9 @@ def write_detections(dets: Dict[str, Any], output: str, source: str = "",
     for i in range(len(dets["scores"])):
         rec = {"box": [round(float(v), 3) for v in dets["boxes"][i]], "score": round(float(dets["scores"][i]), 6),
                "class": int(dets["classes"][i])}
-        if _class_name(dets, i) is not None:
-            rec["class_name"] = _class_name(dets, i)
+        name = class_name(dets, i)
+        if name is not None:
+            rec["class_name"] = name
         if masks is not None:
             from pycocotools import mask as mask_util
 

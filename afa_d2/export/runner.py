@@ -121,7 +121,7 @@ def run_exported(
         raise ExportError("mask_threshold must be in [0, 1], got {!r}".format(mask_threshold))
     exported = path if isinstance(path, ExportedModel) else ExportedModel(path, device=device)
     meta = exported.meta
-    array = as_model_input(image, meta["input_format"])
+    array = original = as_model_input(image, meta["input_format"])
     height, width = int(array.shape[0]), int(array.shape[1])
     aug = resize_aug(meta.get("resize"))
     if aug is not None:
@@ -130,8 +130,8 @@ def run_exported(
     dets = _postprocess(exported.run_tensor(tensor), (int(tensor.shape[1]), int(tensor.shape[2])), height, width,
                         float(mask_threshold))
     dets = dict({"class_names": list(meta.get("class_names") or [])}, **dets)
-    if output is not None:
-        rgb = np.ascontiguousarray(as_model_input(image, "RGB"))
+    if output is not None:  # the picture: the image as read above, before the resize, in RGB
+        rgb = np.ascontiguousarray(original if meta["input_format"] == "RGB" else original[:, :, ::-1])
         write_detections(dets, output, source=str(getattr(exported, "path", path)), image=rgb,
                          draw_threshold=draw_threshold)
     return dets
