@@ -6,10 +6,10 @@ under autocast in another precision ("<op>@bf16", :mod:`afa_d2.engine.precision`
 """
 from typing import List, Sequence
 
-from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator
+from afa_d2.modeling.aggregation import AGGREGATION_OPS, attention_operators, baseline_operator
 
 OPS = tuple(AGGREGATION_OPS)  # the registry's order: the baseline first
-ATTENTION_OPS = tuple(op for op, cls in AGGREGATION_OPS.items() if cls.uses_attention)
+ATTENTION_OPS = tuple(attention_operators())
 BASE = baseline_operator()
 REF_SUFFIX = ":ref"
 CKPT_SUFFIX = ":ckpt"  # MSAttention(checkpoint_mlp=True): a training-memory option, same operator

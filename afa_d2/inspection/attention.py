@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from afa_d2.modeling.aggregation import AGGREGATION_OPS
+from afa_d2.modeling.aggregation import attention_operators
 
 from .errors import VisualizeInputError
 from .models import LoadedModel, prepare_input
@@ -220,7 +220,7 @@ def attention_maps(lm: LoadedModel, rgb: np.ndarray, points: Sequence[Tuple[floa
     prep = prepare_input(lm, rgb)
     blocks = capture_aggregations(lm.model, [prep.inputs])
     if not blocks:
-        attention_ops = " or ".join(name for name, cls in AGGREGATION_OPS.items() if cls.uses_attention)
+        attention_ops = " or ".join(attention_operators())
         raise VisualizeInputError("{} ({}) has no attention block (operator {}): attention maps need {} on some "
                                   "level".format(lm.label, lm.config_name, operator_label(find_pyramid(lm.model)[1]),
                                                  attention_ops))

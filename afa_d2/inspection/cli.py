@@ -13,7 +13,7 @@ import numpy as np
 
 from afa_d2.cli import known_errors, one_line
 from afa_d2.model_zoo.build import build_model, default_image_size, is_yacs, load_any_config
-from afa_d2.modeling.aggregation import AGGREGATION_OPS
+from afa_d2.modeling.aggregation import AGGREGATION_OPS, attention_operators
 
 from .analysis import TASKS, ModelAnalysis, analyze_model
 from .attention import attention_maps, grid_points
@@ -232,7 +232,7 @@ def parse_analyze_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespa
 
 def _attention_operator() -> str:
     """The first operator of the registry that uses attention (for examples)."""
-    return next(name for name, cls in AGGREGATION_OPS.items() if cls.uses_attention)
+    return attention_operators()[0]
 
 
 def _check_args(args: argparse.Namespace) -> None:

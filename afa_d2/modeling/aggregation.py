@@ -48,6 +48,7 @@ __all__ = [
     "ConcatAggregation",
     "MSSAAggregation",
     "MSCAAggregation",
+    "attention_operators",
     "baseline_operator",
     "build_aggregation",
     "default_operator",
@@ -428,6 +429,11 @@ AGGREGATION_OPS: Dict[str, Type[Aggregation]] = {
 def baseline_operator() -> str:
     """The registry name of the operator the others are compared against (FPN's sum)."""
     return next(name for name, cls in AGGREGATION_OPS.items() if cls.is_baseline)
+
+
+def attention_operators() -> List[str]:
+    """The registry names of the operators that use attention (MS-Att), in the registry's order."""
+    return [name for name, cls in AGGREGATION_OPS.items() if cls.uses_attention]
 
 
 def default_operator() -> str:

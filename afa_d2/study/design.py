@@ -18,7 +18,7 @@ import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from afa_d2.modeling.aggregation import AGGREGATION_OPS, baseline_operator, operator_label
+from afa_d2.modeling.aggregation import AGGREGATION_OPS, attention_operators, baseline_operator, operator_label
 
 __all__ = ["Arm", "Recipe", "StudyDesign", "StudyDesignError", "PRESETS", "preset", "custom_study",
            "check_seeds"]
@@ -200,7 +200,7 @@ def _table1(recipe: Recipe) -> StudyDesign:
 
 
 def _table1_cascade(recipe: Recipe) -> StudyDesign:
-    ops = [op for op in AGGREGATION_OPS if op == baseline_operator() or AGGREGATION_OPS[op].uses_attention]
+    ops = [op for op in AGGREGATION_OPS if op == baseline_operator() or op in attention_operators()]
     return StudyDesign("table1-cascade", tuple(_operator_arms("cascade_mask_rcnn", ops)), recipe=recipe,
                        description="Table 1 at shapes scale: Cascade Mask R-CNN R-18, sum-up against MSSA and MSCA")
 
@@ -258,7 +258,7 @@ def _detectors(recipe: Recipe) -> StudyDesign:
     from afa_d2.model_zoo.catalog import list_configs
 
     base = baseline_operator()
-    target = next(op for op, cls in list(AGGREGATION_OPS.items())[::-1] if cls.uses_attention)  # MSCA
+    target = attention_operators()[-1]  # MSCA
     families = sorted({m.group(1) for m in (re.match(r"^shapes/(\w+?)_R_18_{}\.py$".format(base), c)
                                              for c in list_configs()) if m})
     arms = []
