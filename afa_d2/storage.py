@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 from typing import Any
 
-__all__ = ["SAFE_GLOBALS", "PICKLE_EXTRA_GLOBALS", "restricted_pickle_load",
+__all__ = ["SAFE_GLOBALS", "PICKLE_EXTRA_GLOBALS", "RefusedGlobalError", "restricted_pickle_load",
            "atomic_torch_save", "atomic_write", "atomic_write_text", "cache_root"]
 
 
@@ -66,19 +67,22 @@ def _allowed_pickle_globals() -> dict:
     return allowed
 
 
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A pickle names a global that :func:`restricted_pickle_load` does not allow."""
+
+
 def restricted_pickle_load(data: bytes, what: str = "this pickle") -> Any:
     """Unpickle ``data`` allowing only the globals of :func:`_allowed_pickle_globals` (numpy arrays, dtypes,
     scalars, plain containers); ``pickle.UnpicklingError`` naming any other global, because unpickling it could
     run code. ``what`` is named in that error."""
     import io
-    import pickle
 
     allowed = _allowed_pickle_globals()
 
     class _Restricted(pickle.Unpickler):
         def find_class(self, module: str, name: str):
             if (module, name) not in allowed:
-                raise pickle.UnpicklingError(
+                raise RefusedGlobalError(
                     "refusing GLOBAL {}.{}: {} may hold numpy arrays and plain containers only, and unpickling "
                     "anything else could run code".format(module, name, what))
             return allowed[(module, name)]

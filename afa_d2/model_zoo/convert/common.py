@@ -120,7 +120,8 @@ def save_converted(weights: Dict[str, torch.Tensor], path: str, *, author: str, 
 
     ``conversion`` records what the weights were converted from and how (:meth:`ConversionReport.as_record`,
     the afa_d2 version, the time); ``extra`` adds top-level entries (e.g. ``matching_heuristics``).
-    The file holds tensors and plain types only, so it loads with ``weights_only=True``.
+    The file holds tensors and plain types only, so it loads with ``weights_only=True``. The report gets a
+    "wrote <path>" note.
     """
     import afa_d2
     from afa_d2.storage import atomic_torch_save
@@ -135,6 +136,7 @@ def save_converted(weights: Dict[str, torch.Tensor], path: str, *, author: str, 
     data.update(extra or {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_torch_save(data, path)
+    report.notes.append("wrote {}".format(path))
     return path
 
 

@@ -125,7 +125,6 @@ def convert_detectron2_fpn(
     if output:
         save_converted(state, output, author=str(author or "detectron2"), report=report,
                        extra={"start_as_fpn": start_as_fpn})
-        report.notes.append("wrote {}".format(output))
     return state, report
 
 
@@ -171,9 +170,8 @@ def _mismatch_message(report: ConversionReport, unused: Sequence[str], rest: Dic
     """The one-line error of a strict conversion that does not fit: shapes, keys on one side only."""
     parts = []
     if report.mismatched:
-        parts.append("shapes differ (source vs target): " + ", ".join(
-            "{} {} vs {}".format(k, a, b) for k, a, b in report.mismatched[:5])
-            + (" ... (+{})".format(len(report.mismatched) - 5) if len(report.mismatched) > 5 else ""))
+        parts.append("shapes differ (source vs target): " + short_keys(
+            ["{} {} vs {}".format(k, a, b) for k, a, b in report.mismatched], 5))
     if report.missing:
         parts.append("not in the checkpoint: " + short_keys(report.missing, 5))
     if unused:

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from afa_d2.storage import restricted_pickle_load
+from afa_d2.storage import RefusedGlobalError, restricted_pickle_load
 
 __all__ = ["load_weights", "source_weights"]
 
@@ -25,12 +25,9 @@ def _read_pkl(path: str) -> Any:
         data = f.read()
     try:
         return restricted_pickle_load(data, "a model-zoo .pkl")
-    except pickle.UnpicklingError as e:
-        if str(e).startswith("refusing GLOBAL"):
-            raise pickle.UnpicklingError("{}: {}".format(path, e)) from None
-        raise pickle.UnpicklingError("{}: not a readable pickle (truncated or corrupt?): {}: {}".format(
-            path, type(e).__name__, e)) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except RefusedGlobalError as e:
+        raise pickle.UnpicklingError("{}: {}".format(path, e)) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise pickle.UnpicklingError("{}: not a readable pickle (truncated or corrupt?): {}: {}".format(
             path, type(e).__name__, e)) from None
 

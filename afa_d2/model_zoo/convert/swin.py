@@ -104,7 +104,6 @@ def convert_swin(
                                                              "head -> head.fc)" if layout == "official" else ""))
     if output:
         save_converted(out, output, author="Swin Transformer ({} layout)".format(layout), report=report)
-        report.notes.append("wrote {}".format(output))
     return out, report
 
 

@@ -169,7 +169,6 @@ def convert_torchvision_resnet(
     extra = {"matching_heuristics": not prefix, "config_overrides": list(report.config_overrides)}
     if output:
         save_converted(out, output, author="torchvision", report=report, extra=extra)
-        report.notes.append("wrote {}".format(output))
     return out, report
 
 
