@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from afa_d2.cli import known_errors, one_line
+from afa_d2.cli import run_command
 from afa_d2.model_zoo.build import build_model, default_image_size, is_yacs, load_any_config
 from afa_d2.modeling.aggregation import AGGREGATION_OPS, attention_operators
 
@@ -19,11 +19,10 @@ from .analysis import TASKS, ModelAnalysis, analyze_model
 from .attention import attention_maps, grid_points
 from .drawing import draw_attention, draw_attention_overview
 from .energy import ENERGY_METRICS, draw_energy, pyramid_energy
-from .errors import AnalysisInputError, VisualizeInputError
+from .errors import AnalysisInputError, RunError, VisualizeInputError
 from .models import LoadedModel, dataset_records, load_model, read_image
 from .predictions import draw_predictions
 from .blocks import update_markdown
-from .errors import RunError
 from .tables import make_tables
 
 __all__ = [
@@ -180,14 +179,7 @@ def run_visualize(args: argparse.Namespace) -> Dict[str, Any]:
     return out
 
 
-def visualize_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python tools/visualize.py``; bad input is one line on stderr, exit 2."""
-    args = parse_visualize_args(argv)
-    try:
-        out = run_visualize(args)
-    except known_errors() as e:
-        print("visualize: error: {}".format(one_line(e)), file=sys.stderr)
-        return 2
+def _print_visualize(out: Dict[str, Any]) -> None:
     if "path" in out:
         print("wrote {}".format(out["path"]))
     for path in out.get("paths", []):
@@ -195,7 +187,12 @@ def visualize_main(argv: Optional[Sequence[str]] = None) -> int:
     if "energies" in out:
         for label, values in out["energies"].items():
             print("{}: {}".format(label, ", ".join("{} {:.4g}".format(k, v) for k, v in values.items())))
-    return 0
+
+
+def visualize_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python tools/visualize.py``; bad input is one line on stderr, exit 2 (:func:`afa_d2.cli.run_command`)."""
+    args = parse_visualize_args(argv)
+    return run_command("visualize", lambda _: _print_visualize(run_visualize(args)))
 
 
 # ----------------------------------------------------------------------------------- tools/analyze_model.py
@@ -265,15 +262,10 @@ def run_analyze(args: argparse.Namespace) -> ModelAnalysis:
 
 
 def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python tools/analyze_model.py``: prints the report; bad input is one line on stderr, exit 2."""
+    """``python tools/analyze_model.py``: prints the report; bad input is one line on stderr, exit 2
+    (:func:`afa_d2.cli.run_command`)."""
     args = parse_analyze_args(argv)
-    try:
-        result = run_analyze(args)
-    except known_errors() as e:
-        print("analyze_model: error: {}".format(one_line(e)), file=sys.stderr)
-        return 2
-    print(result.text())
-    return 0
+    return run_command("analyze_model", lambda _: print(run_analyze(args).text()))
 
 
 # ----------------------------------------------------------------------------------- tools/make_tables.py
