@@ -9,7 +9,8 @@
 3. AMP training memory: peak ``max_memory_allocated`` of a training step with fp16 autocast and a
    grad scaler (detectron2's AMPTrainer), each operator in a fresh process (goal <= x1.15 of sum).
 4. Low-precision inference: the same models under fp16 and bf16 autocast (``--precision``, as
-   ``train_net.py --eval-only`` and the Predictor run them): FPS and ratio to sum in each precision, and how far
+   ``train_net.py --eval-only`` and the Predictor run them): FPS and ratio to sum in each precision (timed in
+   step 2's run, side by side with fp32, so the speed-up over fp32 is measured once), and how far
    the detections move from fp32's (the same image and weights: each low-precision detection matched to the
    fp32 detection of its class with the largest IoU; the share matched at IoU >= 0.5, and the largest box
    corner and score differences of those).
@@ -27,7 +28,7 @@ import torch
 
 from afa_d2.benchmark.cli import main as benchmark_main
 from afa_d2.benchmark.models import build_model
-from afa_d2.benchmark.variants import ATTENTION_OPS, BASE
+from afa_d2.benchmark.variants import ATTENTION_OPS, BASE, in_precision, split_variant, variant_precision
 from afa_d2.engine.precision import cpu_bf16_support, precision_scope
 from afa_d2.modeling import MSAttention
 
@@ -86,9 +87,10 @@ def _match(reference, low) -> dict:
     return out
 
 
-def check_precisions(device: str, precisions, size) -> dict:
-    """Detections of each operator's random-weight Cascade model in each of ``precisions`` against fp32."""
-    h, w = int(size[1]), int(size[3])
+def check_precisions(device: str, precisions, hw) -> dict:
+    """Detections of each operator's random-weight Cascade model in each of ``precisions`` against fp32, on a
+    random ``hw`` = (H, W) image."""
+    h, w = hw
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, h, w), generator=g).float()
     out = {}
@@ -100,18 +102,26 @@ def check_precisions(device: str, precisions, size) -> dict:
             for precision in precisions:
                 with precision_scope(precision, torch.device(device)):
                     low = model(inputs)[0]["instances"].to("cpu")
-                out["{}@{}".format(op, precision)] = _match(reference, low)
+                out[in_precision(op, precision)] = _match(reference, low)
     return out
 
 
-def _inference(device: str, size, iters) -> dict:
-    """Step 2: Cascade Mask R-CNN R-50 inference of every operator side by side."""
-    print("== 2. Cascade Mask R-CNN R-50 inference, {}".format(" / ".join(OPS)), flush=True)
-    inference = benchmark_main(["--model", "cascade_mask_rcnn", "--device", device, "--ops", *OPS,
-                                "--skip-model-flops", *size, *iters])
+def _timed_inference(device: str, size, iters, low) -> dict:
+    """Steps 2 and 4's speed: Cascade Mask R-CNN R-50 inference of every operator side by side, in fp32 and
+    under each ``low`` autocast precision, in one interleaved run (benchmark's variant name -> its row)."""
+    print("== 2. Cascade Mask R-CNN R-50 inference, {}{}".format(
+        " / ".join(OPS), ", in fp32 and under {} autocast (step 4)".format(" / ".join(low)) if low else ""),
+        flush=True)
+    precisions = ["--precision", "fp32", *low] if low else []
+    return benchmark_main(["--model", "cascade_mask_rcnn", "--device", device, "--ops", *OPS, "--skip-model-flops",
+                           *precisions, *size, *iters])
+
+
+def _inference(timed: dict) -> dict:
+    """Step 2: each operator's fp32 rows of :func:`_timed_inference`."""
     return {op: {"fps": 1.0 / r["model_latency_s"], "latency_ratio_to_sum": r["model_latency_s_ratio"],
                  "neck_latency_ratio_to_sum": r["neck_latency_s_ratio"], "detections": r.get("detections")}
-            for op, r in inference.items()}
+            for op, r in timed.items() if variant_precision(op) == "fp32"}
 
 
 def _amp_training(device: str, size) -> dict:
@@ -125,17 +135,15 @@ def _amp_training(device: str, size) -> dict:
             for op, r in training.items()}
 
 
-def _low_precision(device: str, low, size, iters) -> dict:
-    """Step 4: inference under each ``low`` autocast precision: speed against the sum-up model and fp32, and
-    how far the detections move from fp32's."""
-    print("== 4. inference under {} autocast: speed against {}, detections against fp32".format(" / ".join(low), BASE),
-          flush=True)
-    timed = benchmark_main(["--model", "cascade_mask_rcnn", "--device", device, "--ops", *OPS,
-                            "--skip-model-flops", "--precision", "fp32", *low, *size, *iters])
+def _low_precision(device: str, low, hw, timed: dict) -> dict:
+    """Step 4: each operator under each ``low`` autocast precision: its speed against the sum-up model and
+    against fp32 (the rows of :func:`_timed_inference`), and how far its detections move from fp32's."""
+    print("== 4. detections under {} autocast against fp32's ({} rows of step 2: speed against {} and fp32)".format(
+        " / ".join(low), " / ".join(low), BASE), flush=True)
     out = {name: {"fps": 1.0 / r["model_latency_s"], "latency_ratio_to_sum": r["model_latency_s_ratio"],
-                  "speedup_over_fp32": timed[name.split("@")[0]]["model_latency_s"] / r["model_latency_s"]}
-           for name, r in timed.items() if "@" in name}
-    for name, diff in check_precisions(device, low, size).items():
+                  "speedup_over_fp32": timed[split_variant(name)[0]]["model_latency_s"] / r["model_latency_s"]}
+           for name, r in timed.items() if variant_precision(name) != "fp32"}
+    for name, diff in check_precisions(device, low, hw).items():
         out[name].update(diff)
     return out
 
@@ -148,7 +156,8 @@ def main(argv=None):
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: run on a GPU machine, or --smoke to check the script on the CPU")
-    size = ["--height", "160", "--width", "224"] if args.smoke else ["--height", "800", "--width", "1333"]
+    hw = (160, 224) if args.smoke else (800, 1333)
+    size = ["--height", str(hw[0]), "--width", str(hw[1])]
     report = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
               "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     t0 = time.perf_counter()
@@ -157,12 +166,13 @@ def main(argv=None):
     print(json.dumps(report["attention"], indent=1), flush=True)
 
     iters = ["--iters", "2", "--warmup", "1"] if args.smoke else ["--iters", "30", "--warmup", "5"]
-    report["inference"] = _inference(device, size, iters)
+    low = ["fp16", "bf16"] if device == "cuda" else (["bf16"] if cpu_bf16_support()[0] else [])
+    timed = _timed_inference(device, size, iters, low)
+    report["inference"] = _inference(timed)
     if not args.smoke:
         report["amp_training"] = _amp_training(device, size)
-    low = ["fp16", "bf16"] if device == "cuda" else (["bf16"] if cpu_bf16_support()[0] else [])
     if low:
-        report["low_precision"] = _low_precision(device, low, size, iters)
+        report["low_precision"] = _low_precision(device, low, hw, timed)
 
     report["seconds"] = round(time.perf_counter() - t0, 1)
     goals = {"fps_ratio_{}".format(op): report["inference"][op]["latency_ratio_to_sum"] for op in ATTENTION_OPS}

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from .models import _build, _image, _stock_fpn_model, shared_state_dict
-from .timing import spread, time_once
+from .timing import rotated, spread, time_once
 from .variants import BASE
 
 # What a process runs with: "stock" is detectron2 eager as it comes (glibc's allocator, F.linear and
@@ -111,8 +111,7 @@ def measure_vs_stock(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
             detections[(s, op)] = r["detections"]
         times: Dict[Any, List[float]] = {p: [] for p in pairs}
         for it in range(args.iters):
-            k = it % len(pairs)
-            for s, op in pairs[k:] + pairs[:k]:
+            for s, op in rotated(pairs, it):
                 times[(s, op)].append(workers[s].time(op)["s"])
     finally:
         for w in workers.values():

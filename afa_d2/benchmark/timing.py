@@ -46,10 +46,16 @@ def time_interleaved(
             fns[name]()
     times: Dict[str, List[float]] = {name: [] for name in names}
     for it in range(max(1, iters)):
-        k = it % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, it):
             times[name].append(time_once(fns[name], device))
     return times
+
+
+def rotated(items: Sequence, shift: int) -> list:
+    """``items`` rotated left by ``shift`` (modulo their number): repetition ``shift`` of an interleaved
+    measurement runs them in this order, so that no variant always runs first (or after a heavier one)."""
+    k = shift % len(items)
+    return list(items[k:]) + list(items[:k])
 
 
 def spread(times: Sequence[float]) -> float:

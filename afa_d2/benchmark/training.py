@@ -22,7 +22,7 @@ import torch
 from afa_d2.modeling.aggregation import use_checkpoint_mlp, use_reference_path
 
 from .models import _build, _image, shared_state_dict
-from .timing import median_time, spread
+from .timing import median_time, rotated, spread
 from .variants import CKPT_SUFFIX, split_variant
 
 
@@ -223,8 +223,7 @@ def measure_training(names: Sequence[str], args: argparse.Namespace) -> Dict[str
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in names}
     names = list(names)
     for r in range(max(1, args.train_rounds)):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in rotated(names, r):
             res = _train_in_subprocess(name, args, "time")
             res.update(_train_in_subprocess(name, args, "memory"))
             runs[name].append(res)
