@@ -28,7 +28,7 @@ from afa_d2.compat import tracing_adapter_class
 from afa_d2.export.align import align_detections
 from afa_d2.export.backend import INPUT_NAME, MASK_OUTPUT, ExportBackend, ExportError
 from afa_d2.export.formats import BACKENDS, format_of, output_path
-from afa_d2.export.inputs import as_model_input, config_resize, resize_aug, sample_tensor
+from afa_d2.export.inputs import as_model_input, config_resize, resized_tensor, sample_tensor
 from afa_d2.export.onnx import DEFAULT_OPSET, check_opset
 from afa_d2.export.runner import ExportedModel
 from afa_d2.export.sizes import graph_sizes
@@ -253,10 +253,7 @@ def export_config(
         array = as_model_input(sample_image, input_format)
     else:
         array = sample_tensor(None, height, width, "cpu").permute(1, 2, 0).numpy()
-    aug = resize_aug(resize)
-    if aug is not None:
-        array = aug.get_transform(array).apply_image(array)
-    sample = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)), dtype=torch.float32)
+    sample = resized_tensor(array, resize)
     return export_model(model, output, format=format, sample=sample, opset=opset, input_format=input_format,
                         resize=resize, verify=verify, class_names=_class_names(cfg))
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from afa_d2.export.backend import ExportError
 
-__all__ = ["as_model_input", "read_image", "resize_aug", "sample_tensor", "config_resize"]
+__all__ = ["as_model_input", "config_resize", "read_image", "resize_aug", "resized_tensor", "sample_tensor"]
 
 
 def read_image(path: str, input_format: str = "BGR") -> np.ndarray:
@@ -50,6 +50,17 @@ def resize_aug(resize: Optional[Dict[str, Any]]):
     from detectron2.data import transforms as T
 
     return T.ResizeShortestEdge(resize["short_edge_length"], resize["max_size"], sample_style="choice")
+
+
+def resized_tensor(array: np.ndarray, resize: Optional[Dict[str, Any]]) -> Tensor:
+    """The graph's input for an (H, W, 3) image already in the model's format: the recorded test-time
+    ``resize`` (:func:`config_resize`) applied as the config's test loader applies it
+    (:func:`afa_d2.model_zoo.build.test_time_input`), as a float32 (3, H', W') tensor."""
+    from afa_d2.model_zoo.build import test_time_input
+
+    aug = resize_aug(resize)
+    inputs, _ = test_time_input(np.asarray(array), [aug] if aug is not None else [], "BGR", "BGR")
+    return inputs["image"].float()
 
 
 def config_resize(cfg) -> Optional[Dict[str, Any]]:

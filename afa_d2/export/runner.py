@@ -29,7 +29,7 @@ from torch import Tensor
 from afa_d2.export.backend import MASK_OUTPUT, METADATA_KEY, ExportError, ExportedSizeError
 from afa_d2.export.detections import write_detections
 from afa_d2.export.formats import BACKENDS, format_of
-from afa_d2.export.inputs import as_model_input, resize_aug
+from afa_d2.export.inputs import as_model_input, resized_tensor
 from afa_d2.export.sizes import describe_sizes, padded_size, served_sizes
 
 __all__ = ["ExportedModel", "run_exported"]
@@ -123,10 +123,7 @@ def run_exported(
     meta = exported.meta
     array = original = as_model_input(image, meta["input_format"])
     height, width = int(array.shape[0]), int(array.shape[1])
-    aug = resize_aug(meta.get("resize"))
-    if aug is not None:
-        array = aug.get_transform(array).apply_image(array)
-    tensor = torch.as_tensor(np.ascontiguousarray(np.asarray(array).transpose(2, 0, 1)), dtype=torch.float32)
+    tensor = resized_tensor(array, meta.get("resize"))
     dets = _postprocess(exported.run_tensor(tensor), (int(tensor.shape[1]), int(tensor.shape[2])), height, width,
                         float(mask_threshold))
     dets = dict({"class_names": list(meta.get("class_names") or [])}, **dets)
