@@ -98,8 +98,7 @@ def convert_swin(
     target = module.model.state_dict()
     report = ConversionReport(source=name, target="{} ({})".format(type(module).__name__, module.name))
     out, bad_shapes = _map_keys(weights, target, layout, prefix, report)
-    report.mismatched = bad_shapes
-    _check_complete(name, bad_shapes, [prefix + k for k in target if prefix + k not in out], report)
+    _check_complete(name, bad_shapes, [prefix + k for k in target if prefix + k not in out])
     report.notes.append("source layout: {}{}".format(layout, " (patch merging moved to the start of stages 1-3, "
                                                              "head -> head.fc)" if layout == "official" else ""))
     if output:
@@ -151,8 +150,7 @@ def _map_keys(weights: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor],
     return out, bad_shapes
 
 
-def _check_complete(name: str, bad_shapes: Sequence[Tuple[str, tuple, tuple]], missing: List[str],
-                    report: ConversionReport) -> None:
+def _check_complete(name: str, bad_shapes: Sequence[Tuple[str, tuple, tuple]], missing: List[str]) -> None:
     """ValueError naming a tensor of the wrong shape, or the bottom-up's tensors the checkpoint lacks."""
     if bad_shapes:
         k, a, b = bad_shapes[0]
@@ -160,7 +158,6 @@ def _check_complete(name: str, bad_shapes: Sequence[Tuple[str, tuple, tuple]], m
                 "{})".format(b) if k.endswith("relative_position_bias_table") else "tensor")
         raise ValueError("{}: {} {} has shape {}, the bottom-up needs {}: another Swin variant or window size{}".format(
             name, what, k, a, b, " ({} such tensors)".format(len(bad_shapes)) if len(bad_shapes) > 1 else ""))
-    report.missing = missing
     if missing:
         raise ValueError("{}: the Swin bottom-up's {} are not in the checkpoint (another Swin variant?)".format(
             name, short_keys(missing, 5)))
