@@ -8,8 +8,9 @@ from torch import nn
 
 from afa_d2.modeling.aggregation import use_reference_path
 
-from .models import _build, _image
-from .variants import BASE, split_variant
+from .inference import _inference_model
+from .models import _image
+from .variants import split_variant
 
 #: The library behind the ATen ops that take the time on the CPU (what a figure depends on).
 KERNEL_LIBRARY = {
@@ -45,14 +46,10 @@ def profile_inference(
     image = _image(args.height, args.width, torch.device("cpu"))
     inputs = [{"image": image, "height": args.height, "width": args.width}]
     out: Dict[str, Dict[str, Any]] = {}
-    from afa_d2.execution.runtime import prepare_for_cpu_inference
-
     with torch.no_grad():
         for name in names:
             op, reference = split_variant(name)
-            model = base_model if op == BASE and base_model is not None else _build(op, args, shared_state)
-            model = model.eval()
-            prepare_for_cpu_inference(model)
+            model = _inference_model(op, args, torch.device("cpu"), shared_state, base_model)
             use_reference_path(model, reference)
             for _ in range(max(1, args.warmup)):
                 model(inputs)
